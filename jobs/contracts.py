@@ -39,6 +39,11 @@ JOB_REMOVE_BACKGROUND = "jobs.tasks.remove_background"
 ON_JOB_FAILURE = "jobs.tasks.on_job_failure"
 ON_JOB_SUCCESS = "jobs.tasks.on_job_success"
 
+# Redis list of recent job durations (seconds) per queue: the workers' success callback
+# pushes, the web tier's wait estimate reads.
+DURATIONS_KEY = "iq:durations:{queue}"
+DURATIONS_KEPT = 200
+
 # --- job kinds as stored in the record row --------------------------------------------------
 KIND_FACE_CROP = "face_crop"
 KIND_REMOVE_BG = "remove_bg"

@@ -45,6 +45,7 @@ IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"  # bytes over FETCH_MAX_BYTES or pixels over
 NOT_AN_IMAGE = "NOT_AN_IMAGE"  # content is not a decodable JPEG/PNG/WebP
 NO_FACE = "NO_FACE"  # no face found where the mode requires one
 RECORD_TOO_LARGE = "RECORD_TOO_LARGE"  # one field alone exceeds the DB packet limit
+STORAGE_REJECTED = "STORAGE_REJECTED"  # storage refused the upload (credentials, config, bad file)
 # Transient error codes
 FETCH_FAILED = "FETCH_FAILED"  # timeout, connection error, 5xx, 429
 STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"

@@ -1,0 +1,185 @@
+"""The job functions `rq worker` runs. Thin: they wire fetch -> process -> storage -> records.
+
+Jobs raise; RQ retries. ``on_job_failure`` (RQ's failure callback, run before RQ decides on a
+retry) stops retries for permanent errors and writes the final failure to the record row.
+Jobs run at least once (SPEC 8): a re-run of a job that already completed returns the stored
+result without a second upload or a second record change, and the upload key is fixed per job
+so a retry overwrites rather than adds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from types import TracebackType
+from typing import Any
+
+from redis import Redis
+from rq import get_current_job
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from . import contracts
+from .config import Settings
+from .errors import JOB_TIMEOUT, JobError, PermanentJobError
+from .records import Database, connect
+from .storage import Storage, safe_key, storage_from_settings
+
+log = logging.getLogger(__name__)
+
+RECORD_SUPERSEDED = "RECORD_SUPERSEDED"
+UNEXPECTED_ERROR = "UNEXPECTED_ERROR"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Per-process settings, database and storage (the DB reconnects itself after fork)."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+
+
+@lru_cache(maxsize=1)
+def context() -> Context:
+    """Build the worker context once per process from the environment."""
+    settings = Settings.from_env()
+    return Context(settings, connect(settings.database_url), storage_from_settings(settings))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _progress(job: Job | None, value: int) -> None:
+    if job is not None:
+        job.meta["progress"] = value
+        job.save_meta()
+
+
+def _begin(job: Job, ctx: Context, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """Count the attempt and mark the record processing; returns a stored result on a re-run."""
+    vendor_id, record_id = payload["vendorId"], payload["recordId"]
+    record = ctx.db.get_record(vendor_id, record_id)
+    if record is None or record.get("current_job_id") != job.id:
+        raise PermanentJobError(
+            f"record {record_id!r} is now owned by a newer job ({record and record.get('current_job_id')}); "
+            "this job's result would be stale", code=RECORD_SUPERSEDED)
+    if record.get("processing_status") == contracts.STATUS_COMPLETED and record.get("output_url"):
+        log.info("job=%s vendor=%s record=%s already completed; returning the stored result",
+                 job.id, vendor_id, record_id)
+        return _stored_result(record, payload)
+    job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+    job.meta.pop("error", None)
+    job.meta["progress"] = 5
+    job.save_meta()
+    ctx.db.update_record(vendor_id, record_id, {
+        "processing_status": contracts.STATUS_PROCESSING,
+        "attempts": job.meta["attempts"],
+    }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    return None
+
+
+def _stored_result(record: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    box = record.get("face_box")
+    return {
+        "success": True,
+        "recordId": payload["recordId"],
+        "mode": payload.get("mode"),
+        "photoUrl": record["output_url"],
+        "faceDetected": bool(record.get("face_detected")),
+        "faceCount": record.get("face_count"),
+        "faceBox": json.loads(box) if isinstance(box, str) else box,
+        "width": record.get("output_width"),
+        "height": record.get("output_height"),
+    }
+
+
+def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fetch the photo, crop the largest face per ``mode``, store it, update the record."""
+    from . import face_crop
+    from .fetch import fetch_image
+
+    job = get_current_job()
+    assert job is not None, "crop_face runs inside an rq worker"
+    ctx = context()
+    vendor_id, project_id, record_id = payload["vendorId"], payload["projectId"], payload["recordId"]
+    stored = _begin(job, ctx, payload)
+    if stored is not None:
+        return stored
+    log.info("job=%s vendor=%s record=%s crop %s from %s", job.id, vendor_id, record_id,
+             payload["mode"], payload["photoUrl"])
+    fetched = fetch_image(payload["photoUrl"], ctx.settings)
+    _progress(job, 30)
+    options = contracts.crop_options_from_dict(payload.get("options") or {})
+    result = face_crop.process(fetched.data, payload["mode"], options,
+                               max_pixels=ctx.settings.max_image_pixels)
+    _progress(job, 70)
+    key = safe_key(vendor_id, project_id, record_id, f"face-crop-{job.id}.{result.extension}")
+    url = ctx.storage.put(key, result.data, result.content_type)
+    _progress(job, 90)
+    details = result.to_result()
+    ctx.db.update_record(vendor_id, record_id, {
+        "processing_status": contracts.STATUS_COMPLETED,
+        "output_url": url,
+        "face_detected": details["faceDetected"],
+        "face_count": details["faceCount"],
+        "face_box": details["faceBox"],
+        "output_width": details["width"],
+        "output_height": details["height"],
+        "error_code": None,
+        "error_message": None,
+        "completed_at": _now(),
+    }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    log.info("job=%s vendor=%s record=%s completed: %s", job.id, vendor_id, record_id, url)
+    return {"success": True, "recordId": record_id, "mode": payload["mode"], "photoUrl": url, **details}
+
+
+def describe_failure(exc: BaseException | None) -> tuple[str, str, bool]:
+    """(code, message, permanent) for any exception a job raised."""
+    if isinstance(exc, JobError):
+        return exc.code, exc.message, exc.permanent
+    if isinstance(exc, JobTimeoutException):
+        return JOB_TIMEOUT, f"the job took longer than its timeout (JOB_TIMEOUT_S): {exc}", False
+    return UNEXPECTED_ERROR, f"{type(exc).__name__}: {exc}", False
+
+
+def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
+                   exc_value: BaseException | None, tb: TracebackType | None) -> None:
+    """RQ failure callback: stop retries for permanent errors; record the final failure."""
+    code, message, permanent = describe_failure(exc_value)
+    if permanent:
+        job.retries_left = 0  # RQ reads this right after the callback: no retry
+    final = not job.should_retry
+    job.meta["error"] = {"code": code, "message": message, "permanent": permanent, "final": final}
+    job.save_meta()
+    payload = (job.kwargs or {}).get("payload") or {}
+    vendor_id, record_id = payload.get("vendorId"), payload.get("recordId")
+    log.warning("job=%s vendor=%s record=%s failed (%s%s): %s", job.id, vendor_id, record_id, code,
+                "" if final else ", will retry", message)
+    if not vendor_id or not record_id or code == RECORD_SUPERSEDED:
+        return
+    fields: dict[str, Any] = {"error_code": code, "error_message": message[:2000]}
+    fields["processing_status"] = contracts.STATUS_FAILED if final else contracts.STATUS_QUEUED
+    try:
+        context().db.update_record(vendor_id, record_id, fields, job_id=job.id)
+    except JobError:
+        # The job's own outcome is already decided; losing this write leaves the record in
+        # 'processing', which `reconcile` finds. Log loudly rather than mask the job's error.
+        log.exception("job=%s vendor=%s record=%s could not record its failure", job.id, vendor_id, record_id)
+
+
+def on_job_success(job: Job, connection: Redis, result: Any) -> None:
+    """RQ success callback: remember the duration for wait-time estimates."""
+    if job.started_at is None:
+        return
+    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
+    seconds = max((_now() - started).total_seconds(), 0.0)
+    key = contracts.DURATIONS_KEY.format(queue=job.origin)
+    pipe = connection.pipeline()
+    pipe.lpush(key, f"{seconds:.3f}")
+    pipe.ltrim(key, 0, contracts.DURATIONS_KEPT - 1)
+    pipe.execute()
+

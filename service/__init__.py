@@ -1,0 +1,46 @@
+"""image-queue web tier: create_app() builds the Flask app that runs under Gunicorn."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from jobs.config import Settings
+
+from . import errors, extensions
+
+
+def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
+    """Build the app: settings -> extensions -> blueprints -> error handlers.
+
+    ``overrides`` is a Settings, or a dict of Settings field names (tests), applied over the
+    environment.
+    """
+    if isinstance(overrides, Settings):
+        settings = overrides
+    else:
+        settings = Settings.from_env(**(overrides or {}))
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_json_bytes,
+        SECRET_KEY=settings.secret_key or None,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    extensions.init_app(app, settings)
+
+    from .health import bp as health_bp
+    from .image_queue import bp as image_queue_bp
+
+    app.register_blueprint(image_queue_bp)
+    app.register_blueprint(health_bp)
+    errors.init_app(app)
+
+    @app.get("/")
+    def index() -> dict[str, Any]:
+        return {"success": True, "service": "image-queue",
+                "docs": "README.md", "health": "/api/worker/health"}
+
+    logging.getLogger(__name__).debug("app created (storage=%s)", settings.effective_storage_backend)
+    return app

@@ -1,0 +1,77 @@
+"""Blueprint: worker health (really checks Redis, the database and the workers) and local files."""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, send_from_directory
+from redis.exceptions import RedisError
+
+from jobs import contracts
+from jobs.records import DatabaseUnavailable
+
+from . import jobqueue
+from .errors import NotFound
+from .extensions import backends
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("health", __name__)
+
+
+def _check(fn: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        fn()
+    except (RedisError, DatabaseUnavailable, OSError) as exc:
+        return {"status": "down", "error": str(exc)}
+    return {"status": "up", "latencyMs": round((time.perf_counter() - started) * 1000, 1)}
+
+
+@bp.get("/api/worker/health")
+def worker_health() -> tuple[Response, int]:
+    """healthy: Redis, DB and a worker on every seed queue; degraded: some queue has none; else unhealthy."""
+    b = backends()
+    redis_check = _check(b.redis.ping)
+    db_check = _check(b.db.ping)
+    body: dict[str, Any] = {"success": True, "redis": redis_check, "db": db_check}
+    workers: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    if redis_check["status"] == "up":
+        try:
+            for name in contracts.ALL_QUEUES:
+                queue = b.queue(name)
+                workers[name] = jobqueue.worker_count(queue)
+                sizes[name] = queue.count
+        except RedisError as exc:
+            redis_check = body["redis"] = {"status": "down", "error": str(exc)}
+    body["workers"] = workers
+    body["queueSizes"] = sizes
+    body["bgRemovalQueueSize"] = sizes.get(contracts.QUEUE_BACKGROUND_REMOVAL)
+    body["faceCropQueueSize"] = sizes.get(contracts.QUEUE_FACE_CROP)
+    # rembg instances are listed once background removal lands (issue 3).
+    body["rembgInstances"] = []
+    if redis_check["status"] != "up" or db_check["status"] != "up":
+        status = "unhealthy"
+    elif any(workers.get(name, 0) == 0 for name in contracts.DEFAULT_WORKERS):
+        status = "degraded"
+    else:
+        status = "healthy"
+    body["status"] = status
+    body["success"] = status != "unhealthy"
+    body["timestamp"] = datetime.now(UTC).isoformat()
+    code = 503 if status == "unhealthy" else 200
+    return jsonify(body), code
+
+
+@bp.get("/files/<path:key>")
+def local_file(key: str) -> Response:
+    """Serve an output stored by LocalStorage (the embedded default; Cloudinary serves its own)."""
+    settings = backends().settings
+    if settings.effective_storage_backend != "local":
+        raise NotFound("Files are served by the storage backend, not by this app.")
+    root = Path(settings.storage_dir)
+    return send_from_directory(root, key, max_age=3600)

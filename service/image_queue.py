@@ -1,0 +1,177 @@
+"""Blueprint /api/image-queue/*: queue face crops (single and bulk), job status, queue stats."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, url_for
+from redis.exceptions import RedisError
+
+from jobs import contracts
+from jobs.contracts import validate_crop_options, validate_id, validate_mode, validate_photo_url
+
+from . import jobqueue
+from .auth import check_body_vendor, current_vendor, require_vendor
+from .errors import NotFound, ServiceUnavailable, ValidationError
+from .extensions import backends
+from .jobqueue import JobSpec
+from .validation import field, json_body, list_field, validated
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("image_queue", __name__, url_prefix="/api/image-queue")
+bp.before_request(require_vendor)
+
+# Stats groups of this API and the queue each reads (SPEC 3.1).
+STATS_QUEUES = {
+    "backgroundRemoval": contracts.QUEUE_BACKGROUND_REMOVAL,
+    "faceCrop": contracts.QUEUE_FACE_CROP,
+    "imageProcessing": contracts.QUEUE_IMAGE_PROCESSING,
+}
+
+
+def _submit(queue_name: str, func: str, kind: str, project_id: str, specs: list[JobSpec]) -> dict[str, Any]:
+    """Write the record rows, then enqueue; on a Redis failure mark the rows failed and answer 503."""
+    b = backends()
+    vendor_id = current_vendor()
+    rows = [(spec.record_id, spec.job_id, spec.payload["photoUrl"]) for spec in specs]
+    b.db.queue_records(vendor_id, project_id, rows, job_kind=kind)
+    queue = b.queue(queue_name)
+    try:
+        jobqueue.enqueue_jobs(queue, func, specs, b.settings)
+        seconds = jobqueue.estimate_seconds(queue, 0)
+    except RedisError as exc:
+        log.warning("vendor=%s enqueue failed, %d record(s) marked failed: %s", vendor_id, len(specs), exc)
+        for spec in specs:
+            b.db.update_record(vendor_id, spec.record_id, {
+                "processing_status": contracts.STATUS_FAILED,
+                "error_code": "ENQUEUE_FAILED",
+                "error_message": "The job queue was unavailable; nothing was queued. Submit again.",
+            }, job_id=spec.job_id)
+        raise ServiceUnavailable("The job queue (Redis) is unavailable; nothing was queued. Retry later.") from exc
+    for spec in specs:
+        log.info("vendor=%s job=%s queued %s for record %s", vendor_id, spec.job_id, kind, spec.record_id)
+    return {"estimatedTime": jobqueue.describe_estimate(seconds), "estimatedSeconds": round(seconds, 1)}
+
+
+def _crop_payload(vendor_id: str, project_id: str, record_id: str, url: str, mode: str,
+                  options: dict[str, Any]) -> dict[str, Any]:
+    return {"vendorId": vendor_id, "projectId": project_id, "recordId": record_id,
+            "photoUrl": url, "mode": mode, "options": options}
+
+
+def _accepted(body: dict[str, Any]) -> tuple[Response, int]:
+    return jsonify(body), 202
+
+
+@bp.post("/crop-face-queue")
+def crop_face_queue() -> tuple[Response, int]:
+    """Queue one face crop."""
+    vendor_id = current_vendor()
+    body = json_body()
+    check_body_vendor(body, vendor_id)
+    record_id = field(validate_id, body, "recordId")
+    project_id = field(validate_id, body, "projectId")
+    url = field(validate_photo_url, body, "photoUrl")
+    mode = field(validate_mode, body, "mode")
+    options = validated(validate_crop_options, mode, body.get("options"))
+    spec = JobSpec(jobqueue.new_job_id(),
+                   _crop_payload(vendor_id, project_id, record_id, url, mode, options.to_dict()),
+                   vendor_id, record_id)
+    estimate = _submit(contracts.QUEUE_FACE_CROP, contracts.JOB_CROP_FACE, contracts.KIND_FACE_CROP,
+                       project_id, [spec])
+    return _accepted({
+        "success": True,
+        "jobId": spec.job_id,
+        "recordId": record_id,
+        "message": "Face crop job queued for processing",
+        "statusUrl": url_for("image_queue.job_status", job_id=spec.job_id),
+        **estimate,
+    })
+
+
+@bp.post("/bulk-crop-face")
+def bulk_crop_face() -> tuple[Response, int]:
+    """Queue face crops for a list of records (at most BULK_MAX_ITEMS)."""
+    vendor_id = current_vendor()
+    limit = backends().settings.bulk_max_items
+    body = json_body()
+    check_body_vendor(body, vendor_id)
+    project_id = field(validate_id, body, "projectId")
+    record_ids = list_field(body, "recordIds", max_items=limit)
+    urls = list_field(body, "photoUrls", max_items=limit)
+    if len(record_ids) != len(urls):
+        raise ValidationError("photoUrls", f"must have as many items as recordIds ({len(record_ids)}), "
+                                           f"has {len(urls)}")
+    mode = field(validate_mode, body, "mode")
+    options = validated(validate_crop_options, mode, body.get("options")).to_dict()
+    seen: set[str] = set()
+    specs = []
+    for index, (raw_id, raw_url) in enumerate(zip(record_ids, urls, strict=True)):
+        record_id = validated(validate_id, raw_id, f"recordIds[{index}]")
+        if record_id in seen:
+            raise ValidationError(f"recordIds[{index}]", f"repeats {record_id!r}; each record once per request")
+        seen.add(record_id)
+        url = validated(validate_photo_url, raw_url, f"photoUrls[{index}]")
+        specs.append(JobSpec(jobqueue.new_job_id(),
+                             _crop_payload(vendor_id, project_id, record_id, url, mode, options),
+                             vendor_id, record_id))
+    estimate = _submit(contracts.QUEUE_FACE_CROP, contracts.JOB_CROP_FACE, contracts.KIND_FACE_CROP,
+                       project_id, specs)
+    return _accepted({
+        "success": True,
+        "jobIds": [spec.job_id for spec in specs],
+        "recordIds": [spec.record_id for spec in specs],
+        "count": len(specs),
+        "message": f"{len(specs)} face crop jobs queued for processing",
+        **estimate,
+    })
+
+
+@bp.get("/job/<job_id>")
+def job_status(job_id: str) -> Response:
+    """State, progress, data and result or error of one of the vendor's jobs."""
+    job = jobqueue.fetch_job(backends().redis, job_id, current_vendor())
+    if job is None:
+        raise NotFound(f"No job {job_id!r} for this vendor (unknown, expired, or another vendor's).",
+                       error_code="JOB_NOT_FOUND")
+    return jsonify(jobqueue.job_view(job))
+
+
+@bp.get("/record/<record_id>")
+def record_status(record_id: str) -> Response:
+    """The vendor's record row: status, output URL, face fields, error."""
+    record = None
+    if contracts.ID_PATTERN.match(record_id):
+        record = backends().db.get_record(current_vendor(), record_id)
+    if record is None:
+        raise NotFound(f"No record {record_id!r} for this vendor.", error_code="RECORD_NOT_FOUND")
+    return jsonify({"success": True, "record": _record_view(record)})
+
+
+def _record_view(row: dict[str, Any]) -> dict[str, Any]:
+    keys = {
+        "record_id": "recordId", "project_id": "projectId", "processing_status": "status",
+        "job_kind": "jobKind", "current_job_id": "jobId", "source_url": "sourceUrl",
+        "output_url": "outputUrl", "face_detected": "faceDetected", "face_count": "faceCount",
+        "face_box": "faceBox", "output_width": "width", "output_height": "height",
+        "error_code": "errorCode", "error_message": "errorMessage", "attempts": "attempts",
+        "created_at": "createdAt", "updated_at": "updatedAt", "completed_at": "completedAt",
+    }
+    view = {out: row.get(key) for key, out in keys.items()}
+    if view["faceDetected"] is not None:
+        view["faceDetected"] = bool(view["faceDetected"])
+    if isinstance(view["faceBox"], str):
+        view["faceBox"] = json.loads(view["faceBox"])
+    return view
+
+
+@bp.get("/queue-stats")
+def queue_stats() -> Response:
+    """waiting/active/completed/failed/delayed per queue."""
+    b = backends()
+    body: dict[str, Any] = {"success": True}
+    for key, name in STATS_QUEUES.items():
+        body[key] = jobqueue.queue_counts(b.queue(name))
+    return jsonify(body)
