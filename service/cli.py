@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -103,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -157,7 +157,8 @@ def worker_count(queue: Queue) -> int:
 def estimate_seconds(queue: Queue, extra_jobs: int) -> float:
     """Seconds until the last of ``extra_jobs`` new jobs finishes, from depth and recent durations."""
     redis = queue.connection
-    raw = redis.lrange(contracts.DURATIONS_KEY.format(queue=queue.name), 0, contracts.DURATIONS_KEPT - 1)
+    raw: list[bytes] = redis.lrange(  # type: ignore[assignment]
+        contracts.DURATIONS_KEY.format(queue=queue.name), 0, contracts.DURATIONS_KEPT - 1)
     durations = sorted(float(value) for value in raw)
     if durations:
         mean = sum(durations) / len(durations)

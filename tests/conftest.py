@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -84,9 +85,10 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     conn.close()
 
 
-def _mysql_server_url() -> tuple[str, dict[str, object]]:
+def mysql_server_params() -> dict[str, Any]:
+    """mysql.connector.connect() arguments for the server named by MYSQL_TEST_URL."""
     parts = urlsplit(MYSQL_TEST_URL)
-    return MYSQL_TEST_URL, {
+    return {
         "host": parts.hostname or "127.0.0.1",
         "port": parts.port or 3306,
         "user": parts.username or "root",
@@ -101,16 +103,15 @@ def mysql_url() -> Iterator[str]:
         pytest.skip("IQ_SKIP_MYSQL=1: MariaDB tests skipped on purpose")
     import mysql.connector
 
-    base, params = _mysql_server_url()
     try:
-        conn = mysql.connector.connect(connection_timeout=5, **params)  # type: ignore[arg-type]
+        conn = mysql.connector.connect(connection_timeout=5, autocommit=True, **mysql_server_params())
     except mysql.connector.Error as exc:
-        pytest.fail(f"MariaDB/MySQL not reachable at {base} ({exc}); start it, set MYSQL_TEST_URL, "
-                    "or set IQ_SKIP_MYSQL=1 to skip these tests on purpose")
+        pytest.fail(f"MariaDB/MySQL not reachable at {MYSQL_TEST_URL} ({exc}); start it, set MYSQL_TEST_URL, "
+                    "or set IQ_SKIP_MYSQL=1 to skip these tests on purpose", pytrace=False)
     name = f"iq_test_{uuid.uuid4().hex[:10]}"
     cursor = conn.cursor()
     cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    parts = urlsplit(base)
+    parts = urlsplit(MYSQL_TEST_URL)
     try:
         yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
     finally:
