@@ -9,7 +9,7 @@ worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT_S", "120"))  # long ZIP uploads stream through
 graceful_timeout = 30
 keepalive = 5
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # The app opens Redis/DB lazily, so preloading is safe and saves memory per worker.

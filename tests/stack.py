@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 
@@ -34,11 +34,15 @@ class Stack:
     api: subprocess.Popen[bytes]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log_dir: Path | None = None
+    _logs: list[IO[bytes]] = field(default_factory=list)
 
     def start_worker(self, *queues: str, name: str | None = None) -> subprocess.Popen[bytes]:
         """Start one `rq worker` like the Procfile's lines."""
         index = len(self.workers)
-        log = open(self.log_dir / f"worker-{index}.log", "wb") if self.log_dir else subprocess.DEVNULL
+        log: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_dir:
+            log = open(self.log_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 (closed in close())
+            self._logs.append(log)
         cmd = [str(VENV_BIN / "rq"), "worker", "-c", "jobs.settings", "--with-scheduler",
                "--worker-ttl", "30", "--maintenance-interval", "5",
                "-n", name or f"test-worker-{os.getpid()}-{index}", *queues]
@@ -58,6 +62,18 @@ class Stack:
                 proc.kill()
                 proc.wait()
         self.workers.clear()
+
+    def close(self) -> None:
+        """Stop workers and the API; close log files."""
+        self.stop_workers()
+        self.api.terminate()
+        try:
+            self.api.wait(15)
+        except subprocess.TimeoutExpired:
+            self.api.kill()
+            self.api.wait()
+        for handle in self._logs:
+            handle.close()
 
     def logs(self) -> str:
         """All process logs, for assertion messages."""
@@ -95,20 +111,15 @@ def running_stack(env: dict[str, str], log_dir: Path) -> Iterator[Stack]:
                    capture_output=True)
     port = int(env["GUNICORN_BIND"].rsplit(":", 1)[1])
     log_dir.mkdir(parents=True, exist_ok=True)
-    api_log = open(log_dir / "api.log", "wb")
+    api_log = open(log_dir / "api.log", "wb")  # noqa: SIM115 (closed by Stack.close)
     api = subprocess.Popen([str(VENV_BIN / "gunicorn"), "-c", "service/gunicorn.conf.py", "service.wsgi:app"],
                            cwd=ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT)
-    stack = Stack(f"http://127.0.0.1:{port}", env, api, log_dir=log_dir)
+    stack = Stack(f"http://127.0.0.1:{port}", env, api, log_dir=log_dir, _logs=[api_log])
     try:
         wait_for_port(port, 30)
         yield stack
     finally:
-        stack.stop_workers()
-        api.terminate()
-        try:
-            api.wait(15)
-        except subprocess.TimeoutExpired:
-            api.kill()
+        stack.close()
 
 
 def create_vendor(env: dict[str, str], vendor_id: str) -> str:
