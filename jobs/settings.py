@@ -22,3 +22,4 @@ if os.environ.get("IQ_SKIP_PRELOAD") != "1":
     from jobs import face_crop, tasks  # noqa: F401  (preload before fork)
 
     face_crop.preload()
+    tasks.context()  # settings and storage built once; the database reconnects after fork

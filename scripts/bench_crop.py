@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Face-crop throughput: decode + detect + crop + encode per photo, in a plain loop.
+"""Face-crop throughput: a plain loop, and the full path through the running stack, in one run.
 
 Builds ~30 portrait JPEGs of 1-3 MP in memory from scikit-image's astronaut and LFW faces,
 runs ``jobs.face_crop.process`` over them in one process (one OpenCV thread, as a worker
@@ -7,13 +7,15 @@ does) and prints ms/image (mean, p50, p95), images/s and each step's share of th
 
     .venv/bin/python scripts/bench_crop.py [--photos 30] [--mode square]
 
-``make_photos`` and ``plain_loop`` are reusable: the full-path measurement (HTTP -> worker
--> storage -> DB) can run over the same photos in the same run and be printed beside it.
+Then it starts the stack (private Redis, Gunicorn, the dev stack's 3 + 5 workers on the
+face-crop queue, local storage, SQLite), submits the same photos (each ``--repeat`` times)
+through bulk-crop-face and prints images/s end to end and its ratio to the plain loop.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import time
@@ -115,11 +117,96 @@ def print_summary(summary: dict[str, Any]) -> None:
         print("  share     " + "  ".join(f"{step} {share:.0%}" for step, share in summary["share"].items()))
 
 
+def full_path(photos: list[bytes], *, mode: str, repeat: int, face_crop_workers: int,
+              image_processing_workers: int) -> dict[str, Any]:
+    """Images/s through HTTP -> Gunicorn -> Redis -> rq workers -> local storage -> SQLite.
+
+    Starts a private redis-server, Gunicorn and the dev stack's worker mix (``face_crop`` and
+    ``image_processing`` Procfile lines, which both drain face-crop), submits every photo
+    ``repeat`` times through bulk-crop-face and times until the last job has finished.
+    """
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import redis as redis_lib
+    import requests
+    from rq import Queue, Worker
+
+    from jobs import contracts
+    from tests.conftest import free_port, redis_server_binary, wait_for_port
+    from tests.stack import PhotoServer, create_vendor, running_stack, stack_env
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        redis_port = free_port()
+        redis_proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", tmp_name], stdout=subprocess.DEVNULL)
+        server = PhotoServer()
+        try:
+            wait_for_port(redis_port)
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'bench.sqlite3'}",
+                            storage_dir=tmp / "files", port=free_port(), extra={"LOG_LEVEL": "WARNING"})
+            for index, data in enumerate(photos):
+                server.files[f"/p{index}.jpg"] = data
+            urls = [server.url(f"/p{index % len(photos)}.jpg") for index in range(len(photos) * repeat)]
+            with running_stack(env, tmp / "logs") as stack:
+                key = create_vendor(env, "bench")
+                for _ in range(face_crop_workers):
+                    stack.start_worker(contracts.QUEUE_FACE_CROP)
+                for _ in range(image_processing_workers):
+                    stack.start_worker(contracts.QUEUE_IMAGE_PROCESSING, contracts.QUEUE_FACE_CROP,
+                                       contracts.QUEUE_BACKGROUND_REMOVAL)
+                conn = redis_lib.Redis.from_url(redis_url)
+                deadline = time.monotonic() + 60
+                queue = Queue(contracts.QUEUE_FACE_CROP, connection=conn)
+                while Worker.count(queue=queue) < face_crop_workers + image_processing_workers:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("workers did not start:\n" + stack.logs())
+                    time.sleep(0.2)
+                started = time.perf_counter()
+                job_ids: list[str] = []
+                for offset in range(0, len(urls), 100):
+                    chunk = range(offset, min(offset + 100, len(urls)))
+                    resp = requests.post(f"{stack.base_url}/api/image-queue/bulk-crop-face", timeout=30,
+                                         headers={"X-API-Key": key},
+                                         json={"projectId": "bench", "mode": mode,
+                                               "recordIds": [f"r{i}" for i in chunk],
+                                               "photoUrls": [urls[i] for i in chunk]})
+                    resp.raise_for_status()
+                    job_ids += resp.json()["jobIds"]
+                submitted = time.perf_counter() - started
+                deadline = time.monotonic() + 600
+                while True:
+                    done = queue.finished_job_registry.count + queue.failed_job_registry.count
+                    if done >= len(job_ids):
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"only {done}/{len(job_ids)} jobs finished:\n" + stack.logs())
+                    time.sleep(0.05)
+                elapsed = time.perf_counter() - started
+                failed = queue.failed_job_registry.count
+        finally:
+            server.close()
+            redis_proc.terminate()
+            redis_proc.wait(10)
+    return {"images": len(job_ids), "seconds": elapsed, "submit_seconds": submitted,
+            "images_per_s": len(job_ids) / elapsed, "failed": failed,
+            "workers": face_crop_workers + image_processing_workers}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the photos, run the plain loop, print the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=30, help="number of photos (default 30)")
     parser.add_argument("--mode", choices=CROP_MODES, default="square")
+    parser.add_argument("--repeat", type=int, default=4, help="full path: submit each photo this many times")
+    parser.add_argument("--face-crop-workers", type=int, default=3, help="full path: Procfile face_crop workers")
+    parser.add_argument("--image-processing-workers", type=int, default=5,
+                        help="full path: Procfile image_processing workers (they drain face-crop too)")
+    parser.add_argument("--no-full-path", action="store_true", help="only the plain loop")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     photos = make_photos(args.photos)
@@ -127,7 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     mp = [w * h / 1e6 for w, h in megapixels]
     print(f"built {len(photos)} JPEG portraits, {min(mp):.1f}-{max(mp):.1f} MP,"
           f" {sum(map(len, photos)) / len(photos) / 1024:.0f} KiB avg, in {time.perf_counter() - t0:.1f} s")
-    print_summary(plain_loop(photos, args.mode))
+    loop = plain_loop(photos, args.mode)
+    print_summary(loop)
+    if args.no_full_path:
+        return 0
+    full = full_path(photos, mode=args.mode, repeat=args.repeat, face_crop_workers=args.face_crop_workers,
+                     image_processing_workers=args.image_processing_workers)
+    cores = os.cpu_count() or 1
+    print(f"full path (HTTP -> Gunicorn -> Redis -> {full['workers']} rq workers -> local storage -> SQLite):")
+    print(f"  {full['images']} jobs ({args.repeat}x the same photos), {full['failed']} failed,"
+          f" {full['seconds']:.1f} s ({full['submit_seconds']:.2f} s to submit)  {full['images_per_s']:.2f} images/s")
+    per_process = loop["images_per_s"]
+    print(f"ratio full path / plain loop (1 process):        {full['images_per_s'] / per_process:.2f}")
+    print(f"ratio full path / plain loop x {cores} cores (limit): {full['images_per_s'] / (per_process * cores):.2f}")
     return 0
 
 
