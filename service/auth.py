@@ -50,7 +50,15 @@ def authenticate() -> str:
                            error_code="MISSING_API_KEY")
     if len(key) > 256:
         raise Unauthorized("Invalid API key.", error_code="INVALID_API_KEY")
-    vendor_id = backends().db.vendor_for_key_hash(hash_key(key))
+    key_hash = hash_key(key)
+    # The rate limiter (service/limits.py) resolves the key before this blueprint hook runs:
+    # one database lookup per request, whoever asks first.
+    looked_up = g.get("api_key_lookup")
+    if looked_up is not None and looked_up[0] == key_hash:
+        vendor_id = looked_up[1]
+    else:
+        vendor_id = backends().db.vendor_for_key_hash(key_hash)
+        g.api_key_lookup = (key_hash, vendor_id)
     if vendor_id is None:
         raise Unauthorized("Invalid or revoked API key.", error_code="INVALID_API_KEY")
     g.vendor_id = vendor_id

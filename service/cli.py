@@ -4,6 +4,9 @@
   vendor create ID [--name N]   create a vendor and print its first API key, once
   vendor add-key ID             print a new additional key for a vendor
   vendor revoke-keys ID         revoke every key of a vendor
+  vendor set-limits ID [--image-processing L] [--background-removal L] [--bulk L] [--reads L] [--clear]
+                                override a vendor's rate limits (L: "200/15 minutes"; "default" drops one)
+  vendor show-limits ID         print a vendor's effective rate limits
   demo-key PATH                 ensure vendor 'demo' exists, give it a new key, write it to PATH
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ from jobs.config import Settings
 from jobs.contracts import ID_PATTERN
 from jobs.records import Database, connect
 
+from . import limits as rate_limits
 from .auth import create_api_key
 
 
@@ -79,6 +83,54 @@ def vendor_revoke_keys(vendor_id: str) -> None:
     """Revoke every API key of a vendor."""
     count = _db().revoke_api_keys(vendor_id)
     click.echo(f"revoked {count} key(s) of {vendor_id}")
+
+
+def _echo_limits(vendor_id: str, overrides: dict[str, str]) -> None:
+    click.echo(f"rate limits of vendor {vendor_id}:")
+    for category, (limit, source) in rate_limits.effective_limits(Settings.from_env(), overrides).items():
+        click.echo(f"  {category:<20} {limit:<24} ({source})")
+
+
+@vendor.command("set-limits")
+@click.argument("vendor_id")
+@click.option("--image-processing", metavar="LIMIT", help="every queueing POST (RATE_LIMIT_IMAGE_PROCESSING)")
+@click.option("--background-removal", metavar="LIMIT", help="remove-bg routes (RATE_LIMIT_BACKGROUND_REMOVAL)")
+@click.option("--bulk", metavar="LIMIT", help="bulk-* and batch uploads (RATE_LIMIT_BULK)")
+@click.option("--reads", metavar="LIMIT", help="status and stats reads (RATE_LIMIT_READS)")
+@click.option("--clear", is_flag=True, help="drop every override first: back to the defaults")
+def vendor_set_limits(vendor_id: str, image_processing: str | None, background_removal: str | None,
+                      bulk: str | None, reads: str | None, clear: bool) -> None:
+    """Override a vendor's rate limits, e.g. --bulk "20/hour"; the value "default" drops one.
+
+    Running API processes apply the change within RATE_LIMIT_OVERRIDE_CACHE_S, without a restart.
+    """
+    given = {rate_limits.IMAGE_PROCESSING: image_processing, rate_limits.BACKGROUND_REMOVAL: background_removal,
+             rate_limits.BULK: bulk, rate_limits.READS: reads}
+    changes: dict[str, str | None] = {}
+    for category, value in given.items():
+        if value is not None:
+            try:
+                changes[category] = rate_limits.parse_override(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=f"--{category}") from None
+    if not changes and not clear:
+        raise click.UsageError("nothing to change: give --image-processing, --background-removal, --bulk, "
+                               "--reads or --clear")
+    try:
+        overrides = _db().set_vendor_limits(vendor_id, changes, replace=clear)
+    except KeyError:
+        raise click.ClickException(f"no vendor {vendor_id!r}; create it with 'vendor create'") from None
+    _echo_limits(vendor_id, overrides)
+
+
+@vendor.command("show-limits")
+@click.argument("vendor_id")
+def vendor_show_limits(vendor_id: str) -> None:
+    """Print a vendor's effective rate limits, each marked default or override."""
+    overrides = _db().get_vendor_limits(vendor_id)
+    if overrides is None:
+        raise click.ClickException(f"no vendor {vendor_id!r}; create it with 'vendor create'")
+    _echo_limits(vendor_id, rate_limits.valid_overrides(vendor_id, overrides))
 
 
 @cli.command("demo-key")

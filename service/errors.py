@@ -20,6 +20,8 @@ class ApiError(HTTPException):
 
     code = 400
     error_code = "BAD_REQUEST"
+    # Headers every answer of this error carries (e.g. WWW-Authenticate on a 401).
+    extra_headers: dict[str, str] = {}
 
     def __init__(
         self,
@@ -110,6 +112,7 @@ def _handle_http_exception(exc: HTTPException) -> Response:
     status = exc.code or 500
     headers: dict[str, str] = {}
     if isinstance(exc, ApiError):
+        headers.update(exc.extra_headers)
         if exc.retry_after is not None:
             headers["Retry-After"] = str(exc.retry_after)
         return error_response(status, exc.error_code, exc.message, exc.details, headers)

@@ -46,6 +46,15 @@ class Backends:
             self._db = connect(self.settings.database_url)
         return self._db
 
+    def close(self) -> None:
+        """Close the Redis pool and the database connection (tests; process exit does it otherwise)."""
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+        if self._db is not None:
+            self._db.close()
+        self._queues.clear()
+
     def queue(self, name: str) -> Queue:
         """The RQ queue called ``name`` (one of jobs.contracts.ALL_QUEUES)."""
         if name not in contracts.ALL_QUEUES:

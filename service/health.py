@@ -16,6 +16,7 @@ from jobs.records import DatabaseUnavailable
 from . import jobqueue
 from .errors import NotFound
 from .extensions import backends
+from .rembg_health import rembg_instances
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ def _check(fn: Any) -> dict[str, Any]:
 
 @bp.get("/api/worker/health")
 def worker_health() -> tuple[Response, int]:
-    """healthy: Redis, DB and a worker on every seed queue; degraded: some queue has none; else unhealthy."""
+    """healthy: Redis, DB, a worker on every seed queue and every rembg instance up;
+    degraded: some queue has no worker or some rembg instance is down; else unhealthy."""
     b = backends()
     redis_check = _check(b.redis.ping)
     db_check = _check(b.db.ping)
@@ -52,11 +54,12 @@ def worker_health() -> tuple[Response, int]:
     body["queueSizes"] = sizes
     body["bgRemovalQueueSize"] = sizes.get(contracts.QUEUE_BACKGROUND_REMOVAL)
     body["faceCropQueueSize"] = sizes.get(contracts.QUEUE_FACE_CROP)
-    # rembg instances are listed once background removal lands (issue 3).
-    body["rembgInstances"] = []
+    rembg = rembg_instances(b.settings, b.redis if redis_check["status"] == "up" else None)
+    body["rembgInstances"] = rembg
     if redis_check["status"] != "up" or db_check["status"] != "up":
         status = "unhealthy"
-    elif any(workers.get(name, 0) == 0 for name in contracts.DEFAULT_WORKERS):
+    elif (any(workers.get(name, 0) == 0 for name in contracts.DEFAULT_WORKERS)
+          or any(instance["status"] != "up" for instance in rembg)):
         status = "degraded"
     else:
         status = "healthy"

@@ -1,4 +1,5 @@
-"""Blueprint /api/image-queue/*: queue face crops (single and bulk), job status, queue stats."""
+"""Blueprint /api/image-queue/*: queue face crops and background removals (single and bulk),
+job status, queue stats."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 from redis.exceptions import RedisError
 
-from jobs import contracts
-from jobs.contracts import validate_crop_options, validate_id, validate_mode, validate_photo_url
+from jobs import contracts, metrics
+from jobs.contracts import (
+    validate_crop_options,
+    validate_id,
+    validate_mode,
+    validate_photo_url,
+    validate_remove_bg_options,
+)
 
 from . import jobqueue
 from .auth import check_body_vendor, current_vendor, require_vendor
@@ -50,6 +57,7 @@ def _submit(queue_name: str, func: str, kind: str, project_id: str, specs: list[
                 "error_message": "The job queue was unavailable; nothing was queued. Submit again.",
             }, job_id=spec.job_id)
         raise ServiceUnavailable("The job queue (Redis) is unavailable; nothing was queued. Retry later.") from exc
+    metrics.images_submitted(b.redis, vendor_id, kind, len(specs))
     for spec in specs:
         log.info("vendor=%s job=%s queued %s for record %s", vendor_id, spec.job_id, kind, spec.record_id)
     return {"estimatedTime": jobqueue.describe_estimate(seconds), "estimatedSeconds": round(seconds, 1)}
@@ -125,6 +133,80 @@ def bulk_crop_face() -> tuple[Response, int]:
         "recordIds": [spec.record_id for spec in specs],
         "count": len(specs),
         "message": f"{len(specs)} face crop jobs queued for processing",
+        **estimate,
+    })
+
+
+def _bg_payload(vendor_id: str, project_id: str, record_id: str, url: str,
+                options: dict[str, Any]) -> dict[str, Any]:
+    return {"vendorId": vendor_id, "projectId": project_id, "recordId": record_id,
+            "photoUrl": url, "options": options}
+
+
+def _bulk_items(body: dict[str, Any], limit: int) -> list[tuple[str, str]]:
+    """(recordId, photoUrl) pairs of a bulk request: same-length lists, each record once."""
+    record_ids = list_field(body, "recordIds", max_items=limit)
+    urls = list_field(body, "photoUrls", max_items=limit)
+    if len(record_ids) != len(urls):
+        raise ValidationError("photoUrls", f"must have as many items as recordIds ({len(record_ids)}), "
+                                           f"has {len(urls)}")
+    seen: set[str] = set()
+    items = []
+    for index, (raw_id, raw_url) in enumerate(zip(record_ids, urls, strict=True)):
+        record_id = validated(validate_id, raw_id, f"recordIds[{index}]")
+        if record_id in seen:
+            raise ValidationError(f"recordIds[{index}]", f"repeats {record_id!r}; each record once per request")
+        seen.add(record_id)
+        items.append((record_id, validated(validate_photo_url, raw_url, f"photoUrls[{index}]")))
+    return items
+
+
+@bp.post("/remove-bg-queue")
+def remove_bg_queue() -> tuple[Response, int]:
+    """Queue one background removal."""
+    vendor_id = current_vendor()
+    body = json_body()
+    check_body_vendor(body, vendor_id)
+    record_id = field(validate_id, body, "recordId")
+    project_id = field(validate_id, body, "projectId")
+    url = field(validate_photo_url, body, "photoUrl")
+    options = validated(validate_remove_bg_options, body.get("options"), backends().settings.rembg_models)
+    spec = JobSpec(jobqueue.new_job_id(),
+                   _bg_payload(vendor_id, project_id, record_id, url, options.to_dict()),
+                   vendor_id, record_id)
+    estimate = _submit(contracts.QUEUE_BACKGROUND_REMOVAL, contracts.JOB_REMOVE_BACKGROUND,
+                       contracts.KIND_REMOVE_BG, project_id, [spec])
+    return _accepted({
+        "success": True,
+        "jobId": spec.job_id,
+        "recordId": record_id,
+        "message": "Background removal job queued for processing",
+        "statusUrl": url_for("image_queue.job_status", job_id=spec.job_id),
+        **estimate,
+    })
+
+
+@bp.post("/bulk-remove-bg")
+def bulk_remove_bg() -> tuple[Response, int]:
+    """Queue background removals for a list of records (at most BULK_MAX_ITEMS)."""
+    vendor_id = current_vendor()
+    settings = backends().settings
+    body = json_body()
+    check_body_vendor(body, vendor_id)
+    project_id = field(validate_id, body, "projectId")
+    items = _bulk_items(body, settings.bulk_max_items)
+    options = validated(validate_remove_bg_options, body.get("options"), settings.rembg_models).to_dict()
+    specs = [JobSpec(jobqueue.new_job_id(), _bg_payload(vendor_id, project_id, record_id, url, options),
+                     vendor_id, record_id)
+             for record_id, url in items]
+    estimate = _submit(contracts.QUEUE_BACKGROUND_REMOVAL, contracts.JOB_REMOVE_BACKGROUND,
+                       contracts.KIND_REMOVE_BG, project_id, specs)
+    return _accepted({
+        "success": True,
+        "jobIds": [spec.job_id for spec in specs],
+        "recordIds": [spec.record_id for spec in specs],
+        "count": len(specs),
+        "message": f"{len(specs)} background removal jobs queued for processing",
         **estimate,
     })
 

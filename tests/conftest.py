@@ -24,6 +24,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 MYSQL_TEST_URL = os.environ.get("MYSQL_TEST_URL", "mysql://root@127.0.0.1:3306/test")
+# Session fixture `rembg_servers`: three real `rembg s` processes, shared by the tests that use them.
+pytest_plugins = ["tests.rembg_servers"]
 
 
 def free_port() -> int:

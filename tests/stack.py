@@ -91,6 +91,7 @@ def stack_env(*, redis_url: str, database_url: str, storage_dir: Path, port: int
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "STORAGE_DIR": str(storage_dir),
+        "UPLOAD_DIR": str(storage_dir.parent / "uploads"),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
         "JOB_RETRY_INTERVALS_S": "1,1,1",

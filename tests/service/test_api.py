@@ -5,6 +5,7 @@ error shape. tests/integration drives the same API through Gunicorn and real wor
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ URL = "http://photos.example.com/a.jpg"
 
 
 @pytest.fixture
-def app(redis_conn: redis.Redis, redis_url: str, tmp_path: Path) -> Flask:
+def app(redis_conn: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[Flask]:
     db_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = connect(db_url)
     db.migrate()
@@ -33,7 +34,9 @@ def app(redis_conn: redis.Redis, redis_url: str, tmp_path: Path) -> Flask:
     app = create_app({"redis_url": redis_url, "database_url": db_url, "storage_dir": str(tmp_path / "files"),
                       "bulk_max_items": 5})
     app.config["KEYS"] = {vendor: create_api_key(db, vendor) for vendor in ("acme", "globex")}
-    return app
+    yield app
+    app.extensions["image_queue"].close()
+    db.close()
 
 
 @pytest.fixture
@@ -219,7 +222,7 @@ def test_health_reports_missing_workers_as_degraded(client: FlaskClient) -> None
     assert body["faceCropQueueSize"] == 0 and "timestamp" in body
 
 
-def test_redis_down_answers_503_quickly(tmp_path: Path) -> None:
+def test_redis_down_answers_503_quickly(tmp_path: Path, redis_conn: redis.Redis, redis_url: str) -> None:
     import socket
     import time
 
@@ -231,7 +234,11 @@ def test_redis_down_answers_503_quickly(tmp_path: Path) -> None:
     db.migrate()
     db.create_vendor("acme", "Acme")
     key = create_api_key(db, "acme")
-    app = create_app({"redis_url": f"redis://127.0.0.1:{dead_port}/0", "database_url": db_url})
+    # Only the queue's Redis is down: the rate-limit counters live on the live one
+    # (RATE_LIMIT_STORAGE_URL), so the request gets as far as enqueueing. Limits on a dead
+    # Redis: tests/service/test_limits.py.
+    app = create_app({"redis_url": f"redis://127.0.0.1:{dead_port}/0", "database_url": db_url,
+                      "rate_limit_storage_url": redis_url})
     client = app.test_client()
     started = time.monotonic()
     resp = client.post("/api/image-queue/crop-face-queue", json=crop_body(), headers={"X-API-Key": key})

@@ -1,0 +1,301 @@
+"""Batch jobs: ingest a ZIP into items and chunks, and crop the faces of a chunk of items.
+
+Each image is a ``batch_items`` row; RQ runs one job per chunk (BATCH_CHUNK_SIZE images)
+on the batch's priority queue, behind a per-vendor RateLimit. A chunk records every
+image's outcome on its own: a bad image fails alone, permanent errors are final at once,
+and transient ones make the chunk raise so RQ retries it — only its still-pending images
+run again. When the retries are spent, ``on_chunk_failure`` fails what is left with the
+last error, so every image ends completed or failed and the batch always finishes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from redis import Redis
+from rq import get_current_job
+from rq.job import Job
+
+from . import contracts, metrics
+from .batch_plan import BatchRef, enqueue_chunk
+from .batch_records import (
+    BATCH_FAILED,
+    BATCH_INGESTING,
+    BATCH_PROCESSING,
+    BATCH_QUEUED,
+    ITEM_COMPLETED,
+    ITEM_FAILED,
+    ITEM_PENDING,
+    ITEM_SKIPPED,
+)
+from .errors import JobError, PermanentJobError, TransientJobError
+from .logs import with_job_context
+from .storage import safe_key
+from .tasks import Context, context, describe_failure
+
+log = logging.getLogger(__name__)
+
+INSERT_BATCH_ROWS = 500  # items written per INSERT while ingesting
+NO_IMAGES = "NO_IMAGES"
+BATCH_NOT_FOUND = "BATCH_NOT_FOUND"
+SOURCE_MISSING = "SOURCE_MISSING"
+
+
+def batch_dir(ctx: Context, batch_id: str) -> Path:
+    """Where a batch's extracted images wait for their chunk (shared with the API host)."""
+    return Path(ctx.settings.upload_dir) / "batches" / batch_id
+
+
+def _ref(batch: dict[str, Any]) -> BatchRef:
+    return BatchRef(batch["batch_id"], batch["vendor_id"], int(batch["priority"]))
+
+
+class _Ingest:
+    """Buffers items, writes them in groups and queues a chunk whenever one is full."""
+
+    def __init__(self, ctx: Context, redis: Redis, batch: dict[str, Any], resume_after: int) -> None:
+        self.ctx, self.redis, self.batch = ctx, redis, batch
+        self.resume_after = resume_after  # items up to this seq exist from an earlier run
+        self.rows: list[dict[str, Any]] = []
+        self.chunk: list[int] = []
+        self.images = self.skipped = self.queued = 0
+
+    def add(self, item: dict[str, Any]) -> None:
+        if item["seq"] > self.resume_after:
+            self.rows.append(item)
+            if len(self.rows) >= INSERT_BATCH_ROWS:
+                self._write()
+        if item["status"] == ITEM_SKIPPED:
+            self.skipped += 1
+            return
+        self.images += 1
+        self.chunk.append(item["seq"])
+        if len(self.chunk) >= self.ctx.settings.batch_chunk_size:
+            self._queue_chunk()
+
+    def _write(self) -> None:
+        self.ctx.db.add_batch_items(self.batch["batch_id"], self.rows)
+        self.rows = []
+
+    def _queue_chunk(self) -> None:
+        self._write()  # a chunk's items must exist before its job can run
+        if enqueue_chunk(self.redis, _ref(self.batch), self.chunk[0], self.chunk[-1], self.ctx.settings):
+            self.ctx.db.add_batch_queued(self.batch["batch_id"], len(self.chunk))
+            metrics.images_submitted(self.redis, self.batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
+                                     len(self.chunk))
+        self.queued += len(self.chunk)
+        self.chunk = []
+
+    def finish(self) -> None:
+        if self.chunk:
+            self._queue_chunk()
+        self._write()
+
+
+def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
+    """Stream the uploaded ZIP entry by entry into batch items and queue their chunks."""
+    from .archive import ArchiveLimits, ImageEntry, iter_archive
+
+    job = get_current_job()
+    assert job is not None, "ingest_zip runs inside an rq worker"
+    ctx = context()
+    batch = ctx.db.get_batch(batch_id)
+    if batch is None:
+        raise PermanentJobError(f"batch {batch_id} does not exist", code=BATCH_NOT_FOUND)
+    ctx.db.set_batch(batch_id, status=BATCH_INGESTING, only_from=(BATCH_QUEUED, BATCH_INGESTING))
+    existing = ctx.db.batch_items(batch_id, after_seq=-1, limit=1)
+    resume_after = -1
+    if existing:  # a re-run after a crash: find the last item already written
+        resume_after = _last_seq(ctx, batch_id)
+    folder = batch_dir(ctx, batch_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    ingest = _Ingest(ctx, job.connection, batch, resume_after)
+    log.info("job=%s vendor=%s batch=%s ingesting %s", job.id, batch["vendor_id"], batch_id, path)
+    for entry in iter_archive(path, ArchiveLimits.from_settings(ctx.settings)):
+        if isinstance(entry, ImageEntry):
+            extension = entry.content_type.rsplit("/", 1)[-1].replace("jpeg", "jpg")
+            source = folder / f"{entry.index}.{extension}"
+            if entry.index > resume_after:
+                _write_file(source, entry.data)
+            ingest.add({"seq": entry.index, "entry_name": entry.name[:1024], "source": str(source),
+                        "status": ITEM_PENDING})
+        else:
+            ingest.add({"seq": entry.index, "entry_name": entry.name[:1024], "status": ITEM_SKIPPED,
+                        "error_code": entry.code, "error_message": entry.reason[:2000]})
+    ingest.finish()
+    if ingest.images == 0:
+        raise PermanentJobError(f"the ZIP holds no usable image ({ingest.skipped} entries skipped; "
+                                "see the results listing for why)", code=NO_IMAGES)
+    ctx.db.set_batch(batch_id, status=BATCH_PROCESSING, only_from=(BATCH_INGESTING,))
+    ctx.db.finish_batch_if_done(batch_id)
+    Path(path).unlink(missing_ok=True)
+    log.info("job=%s vendor=%s batch=%s ingested %d images (%d skipped) in %d chunks", job.id,
+             batch["vendor_id"], batch_id, ingest.images, ingest.skipped,
+             -(-ingest.images // ctx.settings.batch_chunk_size))
+    metrics.job_succeeded(job.connection, job)
+    # Peak RSS of this work-horse (kB): the ingest's memory must stay flat whatever the ZIP size.
+    return {"batchId": batch_id, "images": ingest.images, "skipped": ingest.skipped,
+            "peakRssKb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def _last_seq(ctx: Context, batch_id: str) -> int:
+    last, after = -1, -1
+    while True:
+        page = ctx.db.batch_items(batch_id, after_seq=after, limit=5000)
+        if not page:
+            return last
+        last = after = page[-1]["seq"]
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@with_job_context
+def on_ingest_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
+                      exc_value: BaseException | None, tb: TracebackType | None) -> None:
+    """RQ failure callback of ingest_zip: permanent errors and spent retries fail the batch."""
+    code, message, permanent = describe_failure(exc_value)
+    if permanent:
+        job.retries_left = 0
+    job.meta["error"] = {"code": code, "message": message, "permanent": permanent, "final": not job.should_retry}
+    job.save_meta()  # the dead-letter listing (service/dead_letters.py) filters on this code
+    batch_id, path = job.args[0], job.args[1]
+    log.warning("job=%s batch=%s ingestion failed (%s): %s", job.id, batch_id, code, message)
+    metrics.job_failed(connection, job, code, final=not job.should_retry)
+    if job.should_retry:
+        return
+    ctx = context()
+    ctx.db.set_batch(batch_id, status=BATCH_FAILED, error_code=code, error_message=message[:2000],
+                     only_from=(BATCH_QUEUED, BATCH_INGESTING))
+    Path(path).unlink(missing_ok=True)
+
+
+def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any]:
+    """Crop every pending image of one chunk; record each outcome; retry only transient ones."""
+    from . import face_crop
+    from .fetch import fetch_image
+
+    job = get_current_job()
+    assert job is not None, "process_chunk runs inside an rq worker"
+    ctx = context()
+    batch = ctx.db.get_batch(batch_id)
+    if batch is None:
+        raise PermanentJobError(f"batch {batch_id} does not exist", code=BATCH_NOT_FOUND)
+    items = ctx.db.pending_items(batch_id, first_seq, last_seq)
+    if not items:  # a re-run after everything was recorded
+        ctx.db.finish_batch_if_done(batch_id)
+        metrics.job_succeeded(job.connection, job, count_image=False)
+        return {"processed": 0, "failed": 0, "retry": 0}
+    ctx.db.count_attempt(batch_id, [item["seq"] for item in items])
+    options = contracts.crop_options_from_dict(batch["options"])
+    outcomes: list[dict[str, Any]] = []
+    transient: list[tuple[int, JobError]] = []
+    for item in items:
+        try:
+            if batch["source"] == "urls":
+                data = fetch_image(item["source"], ctx.settings).data
+            else:
+                data = _read_source(item["source"])
+            result = face_crop.process(data, batch["mode"], options, max_pixels=ctx.settings.max_image_pixels)
+            key = safe_key(batch["vendor_id"], "batches", batch_id, f"{item['seq']:07d}.{result.extension}")
+            url = ctx.storage.put(key, result.data, result.content_type)
+            details = result.to_result()
+            outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "status": ITEM_COMPLETED,
+                             "output_url": url, "face_detected": details["faceDetected"],
+                             "face_count": details["faceCount"], "face_box": details["faceBox"],
+                             "output_width": details["width"], "output_height": details["height"]})
+        except JobError as exc:
+            if not exc.permanent:
+                transient.append((item["seq"], exc))
+                continue
+            outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "status": ITEM_FAILED,
+                             "error_code": exc.code, "error_message": exc.message[:2000]})
+    _record(ctx, batch, outcomes)
+    failed = sum(o["status"] == ITEM_FAILED for o in outcomes)
+    metrics.images_finished(job.connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
+                            completed=len(outcomes) - failed, failed=failed)
+    log.info("job=%s vendor=%s batch=%s chunk %d-%d: %d done, %d to retry", job.id, batch["vendor_id"],
+             batch_id, first_seq, last_seq, len(outcomes), len(transient))
+    if transient:
+        seq, first = transient[0]
+        raise TransientJobError(f"{len(transient)} image(s) of this chunk hit transient errors and will be "
+                                f"retried (first: item {seq}: {first.message})", code=first.code)
+    metrics.job_succeeded(job.connection, job, count_image=False)
+    return {"processed": len(outcomes), "failed": sum(o["status"] == ITEM_FAILED for o in outcomes), "retry": 0}
+
+
+def _read_source(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PermanentJobError(f"the extracted image {path} is gone (UPLOAD_DIR must be shared by the "
+                                "API and the batch workers)", code=SOURCE_MISSING) from None
+    except OSError as exc:
+        raise TransientJobError(f"cannot read extracted image {path}: {exc}") from exc
+
+
+def _record(ctx: Context, batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
+    """Write outcomes (counted once), mirror them to the vendor's records, tidy up files."""
+    if not outcomes:
+        return
+    batch_id = batch["batch_id"]
+    ctx.db.record_item_outcomes(batch_id, outcomes)
+    for outcome in outcomes:
+        if outcome.get("record_id"):
+            ctx.db.update_record(batch["vendor_id"], outcome["record_id"], _record_fields(outcome),
+                                 job_id=batch_id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    if batch["source"] == "zip":
+        folder = batch_dir(ctx, batch_id)
+        for outcome in outcomes:
+            for path in folder.glob(f"{outcome['seq']}.*"):
+                path.unlink(missing_ok=True)
+    refreshed = ctx.db.get_batch(batch_id)
+    if refreshed is not None and refreshed["status"] not in (BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING):
+        shutil.rmtree(batch_dir(ctx, batch_id), ignore_errors=True)
+
+
+def _record_fields(outcome: dict[str, Any]) -> dict[str, Any]:
+    from .tasks import _now
+
+    if outcome["status"] == ITEM_COMPLETED:
+        return {"processing_status": contracts.STATUS_COMPLETED, "output_url": outcome["output_url"],
+                "face_detected": outcome["face_detected"], "face_count": outcome["face_count"],
+                "face_box": outcome["face_box"], "output_width": outcome["output_width"],
+                "output_height": outcome["output_height"], "error_code": None, "error_message": None,
+                "completed_at": _now()}
+    return {"processing_status": contracts.STATUS_FAILED, "error_code": outcome["error_code"],
+            "error_message": outcome["error_message"]}
+
+
+@with_job_context
+def on_chunk_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
+                     exc_value: BaseException | None, tb: TracebackType | None) -> None:
+    """RQ failure callback of process_chunk: once no retry is left, fail what is still pending."""
+    code, message, permanent = describe_failure(exc_value)
+    if permanent:
+        job.retries_left = 0
+    job.meta["error"] = {"code": code, "message": message, "permanent": permanent, "final": not job.should_retry}
+    job.save_meta()
+    metrics.job_failed(connection, job, code, final=not job.should_retry, count_image=False)
+    if job.should_retry:
+        return
+    batch_id, first_seq, last_seq = job.args
+    ctx = context()
+    batch = ctx.db.get_batch(batch_id)
+    if batch is None:
+        return
+    left = ctx.db.pending_items(batch_id, first_seq, last_seq)
+    log.warning("job=%s vendor=%s batch=%s chunk %d-%d gave up on %d image(s): %s", job.id, batch["vendor_id"],
+                batch_id, first_seq, last_seq, len(left), message)
+    _record(ctx, batch, [{"seq": item["seq"], "record_id": item["record_id"], "status": ITEM_FAILED,
+                          "error_code": code, "error_message": message[:2000]} for item in left])
+    metrics.images_finished(connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
+                            completed=0, failed=len(left))

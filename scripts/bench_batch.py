@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Batch face-crop throughput: a naive Haar pipeline beside ours, in one run.
+
+Builds ~40 portrait JPEGs of 1-3 MP in memory (scikit-image's LFW faces and astronaut pasted
+at realistic sizes on photo backdrops, some stored sideways with an EXIF orientation), then:
+
+1. single process, naive and ours interleaved image by image: ms/image and each step's share
+   (decode, detect, crop, encode), and recall against the known face boxes;
+2. the plain-loop limit: the same decode+detect+crop+encode code over the same images, one
+   process per core (``multiprocessing.Pool(os.cpu_count())``), naive and ours alternated
+   over ``--rounds`` rounds: images/s, images/s per core and the speed-up.
+
+    .venv/bin/python scripts/bench_batch.py [--photos 40] [--rounds 2] [--face-range 0.10 0.55]
+
+"naive" is the pipeline issue 4 measures against: full JPEG decode, OpenCV's default frontal
+Haar cascade on a gray copy at most 1024 px long, scaleFactor 1.1, minNeighbors 5, minSize 40,
+largest face, square crop (padding 0.20) from the full image, 300x300 JPEG. "ours" is
+``jobs.face_crop.process(..., "square", profile="portrait")`` as the batch job runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from jobs import face_crop  # noqa: E402
+from jobs.contracts import CropOptions  # noqa: E402
+from jobs.errors import PermanentJobError  # noqa: E402
+
+# Portrait sizes (width, height) between 1 and 3 megapixels.
+SIZES = [(900, 1200), (1200, 1600), (1500, 2000), (1080, 1350), (1400, 1750), (1200, 1500), (1000, 1400)]
+STEPS = ("decode", "detect", "crop", "encode")
+ASTRO_FACE = (172, 60, 275, 175)  # x0, y0, x1, y1 of the astronaut's face in the 512 px photo
+# A box "finds" the face when its intersection over union with the true box is at least this.
+MIN_IOU = 0.3
+Box = tuple[int, int, int, int]
+Crop = Callable[..., face_crop.CropResult]
+
+
+# --- photos -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Portrait:
+    """A JPEG and its true face box (x0, y0, x1, y1) in displayed (EXIF-rotated) pixels."""
+
+    data: bytes
+    face: tuple[float, float, float, float]
+    size: tuple[int, int]
+
+
+def _backdrops() -> list[np.ndarray | None]:
+    from skimage import data
+
+    # Photo backdrops (textures, a cat, a rocket) and plain studio gradients (None).
+    return [data.coffee(), data.rocket(), data.chelsea(), data.immunohistochemistry(), None, None]
+
+
+def portrait_set(n: int, seed: int = 0, face_range: tuple[float, float] = (0.10, 0.55)) -> list[Portrait]:
+    """``n`` portraits with one known face each, its width log-uniform in ``face_range``
+    (fractions of the photo's short side): LFW faces (4 in 5) and the astronaut (1 in 5)."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    astro = data.astronaut()
+    lfw = data.lfw_subset()[:100]  # the first 100 patches are faces
+    backdrops = _backdrops()
+    photos = []
+    for i in range(n):
+        canvas: np.ndarray
+        width, height = SIZES[i % len(SIZES)]
+        backdrop = backdrops[i % len(backdrops)]
+        if backdrop is None:
+            colour = rng.integers(140, 235, 3).astype(np.float32)
+            shade = np.linspace(1.0, 0.8, height, dtype=np.float32)[:, None, None]
+            noise = rng.normal(0, 4, (height, width, 1)).astype(np.float32)
+            canvas = (colour * shade + noise).clip(0, 255).astype(np.uint8)
+        else:
+            canvas = cv2.GaussianBlur(cv2.resize(backdrop, (width, height), interpolation=cv2.INTER_CUBIC),
+                                      (0, 0), 3)
+        low, high = face_range
+        face_w = round(float(np.exp(rng.uniform(np.log(low), np.log(high)))) * min(width, height))
+        if i % 5 == 0:
+            # Astronaut head and shoulders; his face box is 103/512 of that photo's width.
+            side = round(face_w * 512 / (ASTRO_FACE[2] - ASTRO_FACE[0]))
+            subject = cv2.resize(astro, (side, side), interpolation=cv2.INTER_CUBIC if side > 512 else cv2.INTER_AREA)
+            x = round(rng.uniform(0, width - side)) if side < width else (width - side) // 2
+            y = max(height - side, round(height * 0.05))
+            x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + side), min(height, y + side)
+            canvas[y0:y1, x0:x1] = subject[y0 - y:y1 - y, x0 - x:x1 - x]
+            s = side / 512
+            face = (x + ASTRO_FACE[0] * s, y + ASTRO_FACE[1] * s, x + ASTRO_FACE[2] * s, y + ASTRO_FACE[3] * s)
+        else:
+            patch = (lfw[(i * 7) % len(lfw)] * 255).astype(np.uint8)
+            x = round(rng.uniform(0.05, 0.95) * (width - face_w))
+            y = round(rng.uniform(0.1, 0.5) * (height - face_w))
+            canvas[y:y + face_w, x:x + face_w] = cv2.resize(patch, (face_w, face_w),
+                                                          interpolation=cv2.INTER_CUBIC)[:, :, None]
+            face = (x, y, x + face_w, y + face_w)
+        image = Image.fromarray(canvas)
+        buf = io.BytesIO()
+        if i % 8 == 3:
+            # Stored sideways as a phone does, with EXIF orientation 6 to turn it upright.
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            image.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=90, exif=exif)
+        else:
+            image.save(buf, "JPEG", quality=90)
+        photos.append(Portrait(buf.getvalue(), face, (width, height)))
+    return photos
+
+
+def make_portraits(n: int) -> list[bytes]:
+    """``n`` portrait JPEGs of 1-3 MP, each with one face 10-55 % of its short side."""
+    return [p.data for p in portrait_set(n)]
+
+
+# --- the two pipelines --------------------------------------------------------------------
+_naive_cascade: Any = None
+
+
+def naive_process(data: bytes, timings: dict[str, float] | None = None) -> face_crop.CropResult:
+    """The naive pipeline: full decode, default cascade at <= 1024 px (1.1, 5, 40), square crop."""
+    global _naive_cascade
+    if _naive_cascade is None:
+        _naive_cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades,  # type: ignore[attr-defined]
+                                                            "haarcascade_frontalface_default.xml"))
+    t0 = time.perf_counter()
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    bgr = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+    t1 = time.perf_counter()
+    height, width = bgr.shape[:2]
+    scale = min(1.0, 1024 / max(width, height))
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    if scale < 1.0:
+        gray = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    found = _naive_cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
+    faces: list[Box] = sorted(((round(x / scale), round(y / scale), round(w / scale), round(h / scale))
+                               for x, y, w, h in found), key=lambda b: -b[2] * b[3])
+    t2 = time.perf_counter()
+    if not faces:
+        raise PermanentJobError("no face", code="NO_FACE")
+    out = face_crop.crop_face(bgr, faces[0], "square", CropOptions())
+    t3 = time.perf_counter()
+    encoded, content_type, extension = face_crop.encode_image(out, "jpeg", 92)
+    t4 = time.perf_counter()
+    if timings is not None:
+        for step, seconds in zip(STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            timings[step] = timings.get(step, 0.0) + seconds
+    x, y, w, h = faces[0]
+    return face_crop.CropResult(encoded, content_type, extension, True, len(faces),
+                                {"x": x, "y": y, "width": w, "height": h}, 300, 300,
+                                faces=tuple(faces))
+
+
+def ours_process(data: bytes, timings: dict[str, float] | None = None) -> face_crop.CropResult:
+    """Our pipeline as the batch job runs it: square mode, the ``portrait`` profile."""
+    return face_crop.process(data, "square", CropOptions(), profile="portrait", timings=timings)
+
+
+PIPELINES: dict[str, Crop] = {"naive": naive_process, "ours": ours_process}
+
+
+# --- measuring ----------------------------------------------------------------------------
+def _run_one(args: tuple[Crop, bytes]) -> face_crop.CropResult | None:
+    func, data = args
+    try:
+        return func(data)
+    except PermanentJobError:
+        return None
+
+
+WARM_UP: list[bytes] = []  # set before the pool forks: one photo each worker runs first
+
+
+def _warm(_: int) -> int:
+    face_crop.preload()
+    for func in PIPELINES.values():
+        for data in WARM_UP:
+            _run_one((func, data))
+    return os.getpid()
+
+
+def plain_loop(func: Crop, images: list[bytes], processes: int,
+               pool: Any | None = None) -> dict[str, Any]:
+    """Run ``func`` over ``images`` with ``processes`` worker processes (1: in this process).
+
+    Returns images, seconds, images/s, images/s per process and the results (None where
+    ``func`` raised a permanent error such as no face).
+    """
+    start = time.perf_counter()
+    if processes == 1:
+        results = [_run_one((func, data)) for data in images]
+    else:
+        assert pool is not None, "pass a Pool of `processes` workers"
+        results = pool.map(_run_one, [(func, data) for data in images], chunksize=1)
+    seconds = time.perf_counter() - start
+    return {"images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
+            "per_core": len(images) / seconds / processes, "results": results}
+
+
+def step_profile(photos: list[Portrait]) -> dict[str, dict[str, Any]]:
+    """Single process, the pipelines interleaved image by image: ms/image and step shares."""
+    steps = {name: dict.fromkeys(STEPS, 0.0) for name in PIPELINES}
+    per_image: dict[str, list[float]] = {name: [] for name in PIPELINES}
+    results: dict[str, list[face_crop.CropResult | None]] = {name: [] for name in PIPELINES}
+    for index, photo in enumerate(photos):
+        names = list(PIPELINES) if index % 2 == 0 else list(reversed(PIPELINES))
+        for name in names:
+            t0 = time.perf_counter()
+            try:
+                result: face_crop.CropResult | None = PIPELINES[name](photo.data, timings=steps[name])
+            except PermanentJobError:
+                result = None
+            per_image[name].append((time.perf_counter() - t0) * 1000)
+            results[name].append(result)
+    summary = {}
+    for name in PIPELINES:
+        total = sum(steps[name].values()) or 1.0
+        summary[name] = {"mean_ms": statistics.fmean(per_image[name]),
+                         "p50_ms": float(np.percentile(per_image[name], 50)),
+                         "p95_ms": float(np.percentile(per_image[name], 95)),
+                         "step_ms": {s: steps[name][s] * 1000 / len(photos) for s in STEPS},
+                         "share": {s: steps[name][s] / total for s in STEPS},
+                         "results": results[name]}
+    return summary
+
+
+def _iou(box: Box, truth: tuple[float, float, float, float]) -> float:
+    x, y, w, h = box
+    ix = max(0.0, min(x + w, truth[2]) - max(x, truth[0]))
+    iy = max(0.0, min(y + h, truth[3]) - max(y, truth[1]))
+    inter = ix * iy
+    return inter / (w * h + (truth[2] - truth[0]) * (truth[3] - truth[1]) - inter)
+
+
+def recall(photos: list[Portrait], results: list[face_crop.CropResult | None]) -> dict[str, int]:
+    """found: a box on the true face; cropped: the largest box (the one cropped) is it; false: other boxes."""
+    found = cropped = false = 0
+    for photo, result in zip(photos, results, strict=True):
+        boxes = list(result.faces) if result is not None else []
+        hits = [_iou(box, photo.face) >= MIN_IOU for box in boxes]
+        found += any(hits)
+        cropped += bool(hits) and hits[0]
+        false += hits.count(False)
+    return {"found": found, "cropped": cropped, "false": false, "total": len(photos)}
+
+
+# --- report -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Build the portraits, measure naive and ours, print the figures."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=40, help="number of portraits (default 40)")
+    parser.add_argument("--seed", type=int, default=0, help="portrait generator seed (default 0)")
+    parser.add_argument("--face-range", type=float, nargs=2, default=(0.10, 0.55), metavar=("LOW", "HIGH"),
+                        help="face width as a fraction of the short side (default 0.10 0.55)")
+    parser.add_argument("--rounds", type=int, default=2, help="plain-loop rounds, naive and ours alternated")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="plain-loop worker processes (default: one per core)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    t0 = time.perf_counter()
+    photos = portrait_set(args.photos, args.seed, tuple(args.face_range))
+    images = [p.data for p in photos]
+    mp = [w * h / 1e6 for w, h in (p.size for p in photos)]
+    print(f"built {len(photos)} JPEG portraits, {min(mp):.1f}-{max(mp):.1f} MP,"
+          f" {sum(map(len, images)) / len(images) / 1024:.0f} KiB avg, faces {args.face_range[0]:.0%}-"
+          f"{args.face_range[1]:.0%} of the short side, in {time.perf_counter() - t0:.1f} s")
+    face_crop.preload()
+    for func in PIPELINES.values():
+        _run_one((func, images[0]))  # warm-up: first-call allocations
+
+    # 1. Single process, step shares, recall.
+    single = step_profile(photos)
+    print(f"\nsingle process (cv2 threads={cv2.getNumThreads()}), naive and ours interleaved per image:")
+    for name, s in single.items():
+        print(f"  {name:5s} ms/image mean {s['mean_ms']:6.1f}  p50 {s['p50_ms']:6.1f}  p95 {s['p95_ms']:6.1f}   "
+              + "  ".join(f"{step} {s['step_ms'][step]:5.1f} ms ({s['share'][step]:.0%})" for step in STEPS))
+    print(f"  speed-up (mean ms/image naive / ours): {single['naive']['mean_ms'] / single['ours']['mean_ms']:.2f}x")
+    ours_results = single["ours"]["results"]
+    twice = sum(r is not None and r.decodes > 1 for r in ours_results)
+    print(f"  ours decoded {twice}/{len(photos)} photos twice (crop needed more pixels than detection)")
+    print(f"\nrecall (a box with IoU >= {MIN_IOU} on the true face; 'cropped': the largest box is it):")
+    for name, s in single.items():
+        r = recall(photos, s["results"])
+        print(f"  {name:5s} found {r['found']}/{r['total']}  cropped {r['cropped']}/{r['total']}"
+              f"  false boxes {r['false']}")
+
+    # 2. Plain-loop limit: one process per core.
+    processes = args.processes
+    WARM_UP[:] = images[:1]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PIPELINES}
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool.map(_warm, range(processes), chunksize=1)
+        for round_no in range(args.rounds):
+            names = list(PIPELINES) if round_no % 2 == 0 else list(reversed(PIPELINES))
+            for name in names:
+                runs[name].append(plain_loop(PIPELINES[name], images, processes, pool))
+    print(f"\nplain-loop limit: {len(images)} images x {args.rounds} rounds, {processes} processes"
+          f" on {os.cpu_count()} cores, naive and ours alternated:")
+    rate = {}
+    for name, name_runs in runs.items():
+        total_images = sum(r["images"] for r in name_runs)
+        total_s = sum(r["seconds"] for r in name_runs)
+        rate[name] = total_images / total_s
+        rounds = "  ".join(f"{r['images_per_s']:.2f}" for r in name_runs)
+        print(f"  {name:5s} {rate[name]:6.2f} images/s  = {rate[name] / processes:5.2f} images/s per core"
+              f"   (rounds: {rounds} images/s)")
+    print(f"  speed-up ours / naive: {rate['ours'] / rate['naive']:.2f}x")
+
+    # --- end-to-end sections (HTTP -> Redis -> rq workers -> storage -> DB) go here ---------
+
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

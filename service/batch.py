@@ -1,0 +1,314 @@
+"""Blueprint /api/batch/*: ZIP uploads and URL lists of images, batch status, results, stats.
+
+A ZIP upload is streamed by werkzeug's form parser straight into a file under UPLOAD_DIR
+(``UploadRequest``) and renamed into place: it is never held in memory. The ingestion job
+then streams it entry by entry (jobs/batch.py). URL lists are written as batch items here
+and their chunks queued at once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from flask import Blueprint, Request, Response, current_app, jsonify, request, stream_with_context, url_for
+from redis.exceptions import RedisError
+
+from jobs import contracts, metrics
+from jobs.batch_plan import BatchRef, chunk_ranges, enqueue_chunk, enqueue_ingest
+from jobs.batch_records import BATCH_FAILED, BATCH_PROCESSING, BATCH_QUEUED, ITEM_PENDING
+from jobs.contracts import validate_crop_options, validate_id, validate_mode, validate_photo_url, validate_priority
+
+from .auth import check_body_vendor, current_vendor, require_vendor
+from .errors import ApiError, NotFound, ServiceUnavailable, ValidationError
+from .extensions import backends
+from .jobqueue import queue_counts
+from .validation import UnsupportedMediaType, field, json_body, validated
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("batch", __name__, url_prefix="/api/batch")
+bp.before_request(require_vendor)
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+RESULT_COLUMNS = ("seq", "recordId", "entry", "status", "outputUrl", "faceDetected", "faceCount", "faceBox",
+                  "width", "height", "errorCode", "errorMessage", "attempts")
+
+
+class PayloadTooLarge(ApiError):
+    code = 413
+    error_code = "PAYLOAD_TOO_LARGE"
+
+
+class UploadRequest(Request):
+    """Writes uploaded files straight into UPLOAD_DIR/incoming instead of memory or /tmp."""
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+        folder = Path(current_app.extensions["image_queue"].settings.upload_dir) / "incoming"
+        folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.NamedTemporaryFile(dir=folder, prefix="upload-", suffix=".part", delete=False)
+
+
+def new_batch_id() -> str:
+    """A fresh batch id."""
+    return "b" + uuid.uuid4().hex
+
+
+def _discard_uploads() -> None:
+    for storage in request.files.values():
+        name = getattr(storage.stream, "name", None)
+        storage.close()
+        if isinstance(name, str):
+            Path(name).unlink(missing_ok=True)
+
+
+def _batch_options(mode: str, raw: Any) -> dict[str, Any]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            raise ValidationError("options", "must be a JSON object") from None
+    return validated(validate_crop_options, mode, raw).to_dict()
+
+
+@bp.post("/upload-zip")
+def upload_zip() -> tuple[Response, int]:
+    """Accept a ZIP (multipart field ``file``) of up to BATCH_MAX_UPLOAD_BYTES and queue its ingestion."""
+    b = backends()
+    settings = b.settings
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("Send the ZIP as multipart/form-data with the file in the field 'file'.")
+    if request.content_length is not None and request.content_length > settings.batch_max_upload_bytes:
+        raise PayloadTooLarge(f"The upload is {request.content_length} bytes; the limit is "
+                              f"{settings.batch_max_upload_bytes} (BATCH_MAX_UPLOAD_BYTES).")
+    request.max_content_length = settings.batch_max_upload_bytes
+    try:
+        return _accept_zip(b)
+    finally:
+        _discard_uploads()
+
+
+def _accept_zip(b: Any) -> tuple[Response, int]:
+    settings = b.settings
+    form = request.form
+    vendor_id = current_vendor()
+    check_body_vendor(dict(form), vendor_id)
+    project_id = field(validate_id, form, "projectId")
+    priority = field(validate_priority, form, "priority")
+    mode = field(validate_mode, {"mode": form.get("mode") or "square"}, "mode")
+    options = _batch_options(mode, form.get("options"))
+    upload = request.files.get("file")
+    if upload is None:
+        raise ValidationError("file", "is required: the ZIP file as a multipart file field named 'file'")
+    temp_name = getattr(upload.stream, "name", None)
+    upload.stream.flush()
+    upload.stream.seek(0)
+    head = upload.stream.read(4)
+    if head not in ZIP_MAGIC:
+        raise UnsupportedMediaType(f"'file' is not a ZIP archive (it starts with {head!r}); upload a .zip",
+                                   error_code="NOT_A_ZIP")
+    batch_id = new_batch_id()
+    target = Path(settings.upload_dir) / "zips" / f"{batch_id}.zip"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    assert isinstance(temp_name, str)
+    upload.stream.close()
+    os.replace(temp_name, target)
+    from jobs.archive import count_image_entries  # reads the central directory only: cheap
+
+    image_count = count_image_entries(target)
+    b.db.create_batch(batch_id, vendor_id, project_id, source="zip", priority=priority, mode=mode,
+                      options=options, status=BATCH_QUEUED)
+    try:
+        enqueue_ingest(b.redis, BatchRef(batch_id, vendor_id, priority), str(target), settings)
+    except RedisError as exc:
+        b.db.set_batch(batch_id, status=BATCH_FAILED, error_code="ENQUEUE_FAILED",
+                       error_message="The job queue was unavailable; nothing was queued. Upload again.")
+        target.unlink(missing_ok=True)
+        raise ServiceUnavailable("The job queue (Redis) is unavailable; nothing was queued. Retry later.") from exc
+    log.info("vendor=%s batch=%s ZIP accepted (%s bytes, ~%s images, priority %d)", vendor_id, batch_id,
+             target.stat().st_size, image_count, priority)
+    return jsonify({
+        "success": True,
+        "batchId": batch_id,
+        "status": BATCH_QUEUED,
+        "imageCount": image_count,
+        "queued": 0,
+        "message": f"ZIP accepted; {image_count if image_count is not None else 'its'} images are being "
+                   "extracted and queued",
+        "statusUrl": url_for("batch.batch_status", batch_id=batch_id),
+    }), 202
+
+
+@bp.post("/add-images")
+def add_images() -> tuple[Response, int]:
+    """Queue a list of {recordId, imageUrl} as one batch."""
+    b = backends()
+    settings = b.settings
+    vendor_id = current_vendor()
+    body = json_body()
+    check_body_vendor(body, vendor_id)
+    project_id = field(validate_id, body, "projectId")
+    priority = field(validate_priority, body, "priority")
+    mode = field(validate_mode, {"mode": body.get("mode") or "square"}, "mode")
+    options = _batch_options(mode, body.get("options"))
+    images = body.get("images")
+    if not isinstance(images, list) or not images:
+        raise ValidationError("images", "is required: a non-empty array of {recordId, imageUrl}")
+    if len(images) > settings.batch_max_images_per_request:
+        raise ValidationError("images", f"has {len(images)} items; at most {settings.batch_max_images_per_request}"
+                                        " per request (BATCH_MAX_IMAGES_PER_REQUEST); upload a ZIP or split it")
+    seen: set[str] = set()
+    items: list[dict[str, Any]] = []
+    for index, image in enumerate(images):
+        if not isinstance(image, dict):
+            raise ValidationError(f"images[{index}]", "must be an object {recordId, imageUrl}")
+        record_id = validated(validate_id, image.get("recordId"), f"images[{index}].recordId")
+        if record_id in seen:
+            raise ValidationError(f"images[{index}].recordId", f"repeats {record_id!r}; each record once per batch")
+        seen.add(record_id)
+        url = validated(validate_photo_url, image.get("imageUrl"), f"images[{index}].imageUrl")
+        items.append({"seq": index, "record_id": record_id, "source": url, "status": ITEM_PENDING})
+    batch_id = new_batch_id()
+    b.db.create_batch(batch_id, vendor_id, project_id, source="urls", priority=priority, mode=mode,
+                      options=options, status=BATCH_PROCESSING)
+    b.db.add_batch_items(batch_id, items)
+    b.db.queue_records(vendor_id, project_id, [(i["record_id"], batch_id, i["source"]) for i in items],
+                       job_kind=contracts.KIND_BATCH_FACE_CROP)
+    ref = BatchRef(batch_id, vendor_id, priority)
+    queued = 0
+    try:
+        for first, last in chunk_ranges([item["seq"] for item in items], settings.batch_chunk_size):
+            enqueue_chunk(b.redis, ref, first, last, settings)
+            queued += last - first + 1
+    except RedisError as exc:
+        b.db.add_batch_queued(batch_id, queued)
+        log.warning("vendor=%s batch=%s enqueue failed after %d images: %s", vendor_id, batch_id, queued, exc)
+        raise ServiceUnavailable(f"The job queue (Redis) became unavailable after {queued} of {len(items)} "
+                                 f"images of batch {batch_id} were queued; run 'reconcile' or submit again.") from exc
+    b.db.add_batch_queued(batch_id, queued)
+    metrics.images_submitted(b.redis, vendor_id, contracts.KIND_BATCH_FACE_CROP, queued)
+    log.info("vendor=%s batch=%s %d image URLs queued (priority %d)", vendor_id, batch_id, queued, priority)
+    return jsonify({
+        "success": True,
+        "batchId": batch_id,
+        "status": BATCH_PROCESSING,
+        "imageCount": len(items),
+        "queued": queued,
+        "message": f"{queued} images queued for processing",
+        "statusUrl": url_for("batch.batch_status", batch_id=batch_id),
+    }), 202
+
+
+def _owned_batch(batch_id: str) -> dict[str, Any]:
+    batch = None
+    if contracts.ID_PATTERN.match(batch_id):
+        batch = backends().db.get_batch(batch_id, current_vendor())
+    if batch is None:
+        raise NotFound(f"No batch {batch_id!r} for this vendor.", error_code="BATCH_NOT_FOUND")
+    return batch
+
+
+@bp.get("/status/<batch_id>")
+def batch_status(batch_id: str) -> Response:
+    """Batch progress (SPEC 3.2)."""
+    batch = _owned_batch(batch_id)
+    total = int(batch["image_count"])
+    processed = int(batch["processed"])
+    view = {
+        "batchId": batch["batch_id"],
+        "projectId": batch["project_id"],
+        "status": batch["status"],
+        "priority": batch["priority"],
+        "mode": batch["mode"],
+        "imageCount": total,
+        "queued": int(batch["queued"]),
+        "skipped": int(batch["skipped"]),
+        "progress": {"processed": processed, "total": total, "failed": int(batch["failed"]),
+                     "updatedAt": batch["updated_at"]},
+        "progressPercent": round(processed * 100.0 / total, 1) if total else 0.0,
+        "createdAt": batch["created_at"],
+        "completedAt": batch["completed_at"],
+        "resultsUrl": url_for("batch.batch_results", batch_id=batch["batch_id"]),
+    }
+    if batch["error_code"]:
+        view["error"] = {"code": batch["error_code"], "message": batch["error_message"]}
+    return jsonify({"success": True, "batch": view})
+
+
+def _result_row(item: dict[str, Any]) -> dict[str, Any]:
+    return {"seq": item["seq"], "recordId": item["record_id"], "entry": item["entry_name"],
+            "status": item["status"], "outputUrl": item["output_url"], "faceDetected": item["face_detected"],
+            "faceCount": item["face_count"], "faceBox": item["face_box"], "width": item["output_width"],
+            "height": item["output_height"], "errorCode": item["error_code"],
+            "errorMessage": item["error_message"], "attempts": item["attempts"]}
+
+
+@bp.get("/<batch_id>/results")
+def batch_results(batch_id: str) -> Response:
+    """Every image's outcome, streamed as JSON lines (default) or CSV (?format=csv)."""
+    batch = _owned_batch(batch_id)
+    fmt = request.args.get("format", "jsonl")
+    if fmt not in ("jsonl", "csv"):
+        raise ValidationError("format", "must be jsonl or csv")
+    db = backends().db
+
+    def rows() -> Iterator[dict[str, Any]]:
+        after = -1
+        while True:
+            page = db.batch_items(batch["batch_id"], after_seq=after, limit=1000)
+            if not page:
+                return
+            for item in page:
+                yield _result_row(item)
+            after = page[-1]["seq"]
+
+    def jsonl() -> Iterator[str]:
+        for row in rows():
+            yield json.dumps(row, separators=(",", ":")) + "\n"
+
+    def as_csv() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(RESULT_COLUMNS)
+        for row in rows():
+            row["faceBox"] = json.dumps(row["faceBox"]) if row["faceBox"] else ""
+            writer.writerow([row[column] for column in RESULT_COLUMNS])
+            if buffer.tell() > 64 * 1024:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    if fmt == "csv":
+        response = Response(stream_with_context(as_csv()), mimetype="text/csv")
+        response.headers["Content-Disposition"] = f'attachment; filename="{batch["batch_id"]}.csv"'
+        return response
+    return Response(stream_with_context(jsonl()), mimetype="application/x-ndjson")
+
+
+@bp.get("/queue-stats")
+def batch_queue_stats() -> Response:
+    """faceDetection (all priority queues together) and batchIngestion counts."""
+    b = backends()
+    detection = {"active": 0, "completed": 0, "failed": 0, "delayed": 0, "waiting": 0}
+    by_priority = {}
+    for priority in contracts.BATCH_PRIORITIES:
+        counts = queue_counts(b.queue(contracts.face_detection_queue(priority)))
+        by_priority[str(priority)] = counts
+        for key, value in counts.items():
+            detection[key] += value
+    return jsonify({"success": True, "stats": {
+        "faceDetection": detection,
+        "faceDetectionByPriority": by_priority,
+        "batchIngestion": queue_counts(b.queue(contracts.QUEUE_BATCH_INGESTION)),
+        "timestamp": int(datetime.now(UTC).timestamp() * 1000),
+    }})

@@ -1,0 +1,37 @@
+"""rq-dashboard mounted at /rq, for the admin only (service/admin_auth.py).
+
+rq-dashboard 0.9 is a Flask blueprint; it reads the queues of ``RQ_DASHBOARD_REDIS_URL``,
+which is set to our REDIS_URL, so it shows exactly the queues, jobs, failed jobs (the
+dead-letter queue) and workers of this deployment. Its pages and JSON calls are HTML and its
+own JSON, not our error shape: that is accepted under /rq only.
+
+The blueprint object is a module global of rq_dashboard, shared by every app of a process
+(tests make many), so the admin check is an app-level hook for that blueprint rather than a
+hook added to the blueprint itself, which would pile up one per app.
+"""
+from __future__ import annotations
+
+import rq_dashboard
+from flask import Flask, request
+from rq_dashboard.web import setup_rq_connection
+
+from jobs.config import Settings
+
+from .admin_auth import require_admin
+
+URL_PREFIX = "/rq"
+BLUEPRINT = rq_dashboard.blueprint.name  # "rq_dashboard"
+
+
+def _guard() -> None:
+    if request.blueprint == BLUEPRINT:
+        require_admin()
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Mount the dashboard at /rq behind the admin credentials (404 while ADMIN_PASSWORD is unset)."""
+    app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
+    app.config["RQ_DASHBOARD_POLL_INTERVAL"] = 2500  # ms between the pages' refreshes
+    setup_rq_connection(app)  # a client object only; it connects on first use
+    app.before_request(_guard)
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix=URL_PREFIX)

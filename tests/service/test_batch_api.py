@@ -1,0 +1,196 @@
+"""Batch API through Flask's test client on the real private Redis and SQLite (no workers).
+
+Checks validation, upload handling, chunking, priority queues and the per-vendor rate limit
+as they land in Redis; tests/integration/test_batch_flow.py runs real workers over them.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import Queue
+from rq.job import Job
+
+from jobs import contracts
+from jobs.batch_plan import chunk_job_id
+from jobs.records import connect
+from service import create_app
+from service.auth import create_api_key
+from tests.service.test_api import assert_error
+
+URL = "http://photos.example.com/p.jpg"
+
+
+@pytest.fixture
+def app(redis_conn: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[Flask]:
+    db_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = connect(db_url)
+    db.migrate()
+    for vendor in ("acme", "globex"):
+        db.create_vendor(vendor, vendor.title())
+    app = create_app({"redis_url": redis_url, "database_url": db_url, "upload_dir": str(tmp_path / "uploads"),
+                      "batch_chunk_size": 4, "batch_vendor_concurrency": 2, "batch_max_images_per_request": 50,
+                      "batch_max_upload_bytes": 200_000})
+    app.config["KEYS"] = {vendor: create_api_key(db, vendor) for vendor in ("acme", "globex")}
+    yield app
+    app.extensions["image_queue"].close()
+    db.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def auth(app: Flask, vendor: str = "acme") -> dict[str, str]:
+    return {"X-API-Key": app.config["KEYS"][vendor]}
+
+
+def images(n: int, prefix: str = "r") -> list[dict[str, str]]:
+    return [{"recordId": f"{prefix}{i}", "imageUrl": URL} for i in range(n)]
+
+
+def zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_add_images_chunks_into_the_priority_queue(app: Flask, client: FlaskClient, redis_conn: redis.Redis) -> None:
+    resp = client.post("/api/batch/add-images", json={"projectId": "p", "priority": 8, "images": images(6)},
+                       headers=auth(app))
+    assert resp.status_code == 202, resp.get_json()
+    body = resp.get_json()
+    assert body["imageCount"] == 6 and body["queued"] == 6
+    queue = Queue(contracts.face_detection_queue(8), connection=redis_conn)
+    batch_id = body["batchId"]
+    assert queue.job_ids == [chunk_job_id(batch_id, 0), chunk_job_id(batch_id, 4)]
+    job = Job.fetch(chunk_job_id(batch_id, 4), connection=redis_conn)
+    assert job.args == (batch_id, 4, 5) and job.func_name == contracts.JOB_PROCESS_CHUNK
+    status = client.get(f"/api/batch/status/{batch_id}", headers=auth(app)).get_json()["batch"]
+    assert status["status"] == "processing" and status["imageCount"] == 6
+    assert status["progress"] == {"processed": 0, "total": 6, "failed": 0, "updatedAt": status["progress"]["updatedAt"]}
+    record = connect(app.extensions["image_queue"].settings.database_url).get_record("acme", "r3")
+    assert record is not None and record["current_job_id"] == batch_id and record["processing_status"] == "queued"
+
+
+def test_one_vendors_big_batch_waits_in_its_own_line(app: Flask, client: FlaskClient,
+                                                     redis_conn: redis.Redis) -> None:
+    big = client.post("/api/batch/add-images", json={"projectId": "p", "images": images(40)}, headers=auth(app))
+    assert big.status_code == 202
+    queue = Queue(contracts.face_detection_queue(5), connection=redis_conn)
+    assert queue.count == 2  # batch_vendor_concurrency: the other 8 chunks are held by RQ's RateLimit
+    small = client.post("/api/batch/add-images", json={"projectId": "p", "images": images(1, "b")},
+                        headers=auth(app, "globex"))
+    other_chunk = chunk_job_id(small.get_json()["batchId"], 0)
+    assert queue.job_ids.index(other_chunk) == 2  # behind 2 chunks of acme, not 10
+
+
+def test_higher_priority_goes_to_a_queue_workers_read_first(app: Flask, client: FlaskClient,
+                                                            redis_conn: redis.Redis) -> None:
+    client.post("/api/batch/add-images", json={"projectId": "p", "priority": 2, "images": images(4)},
+                headers=auth(app))
+    urgent = client.post("/api/batch/add-images", json={"projectId": "p", "priority": "10", "images": images(4, "u")},
+                         headers=auth(app)).get_json()
+    assert contracts.FACE_DETECTION_QUEUES[0] == contracts.face_detection_queue(10)
+    assert Queue(contracts.face_detection_queue(10), connection=redis_conn).job_ids == [
+        chunk_job_id(urgent["batchId"], 0)]
+
+
+def test_upload_zip_is_stored_and_ingestion_queued(app: Flask, client: FlaskClient, redis_conn: redis.Redis,
+                                                   tmp_path: Path) -> None:
+    data = zip_bytes({"a.jpg": b"\xff\xd8\xff" + b"0" * 100, "b.png": b"\x89PNG" + b"0" * 100, "notes.txt": b"x"})
+    resp = client.post("/api/batch/upload-zip", headers=auth(app), content_type="multipart/form-data",
+                       data={"projectId": "p", "priority": "7", "file": (io.BytesIO(data), "photos.zip")})
+    assert resp.status_code == 202, resp.get_json()
+    body = resp.get_json()
+    assert body["imageCount"] == 2 and body["status"] == "queued"
+    stored = tmp_path / "uploads" / "zips" / f"{body['batchId']}.zip"
+    assert stored.read_bytes() == data
+    assert list((tmp_path / "uploads" / "incoming").iterdir()) == []  # temp part renamed, nothing left
+    ingest = Queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn)
+    job = Job.fetch(ingest.job_ids[0], connection=redis_conn)
+    assert job.args == (body["batchId"], str(stored))
+
+
+def test_upload_errors(app: Flask, client: FlaskClient, tmp_path: Path) -> None:
+    path = "/api/batch/upload-zip"
+    assert_error(client.post(path, headers=auth(app), json={"projectId": "p"}), 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert_error(client.post(path, headers=auth(app), content_type="multipart/form-data",
+                             data={"projectId": "p"}), 400, "VALIDATION_ERROR", "file")
+    assert_error(client.post(path, headers=auth(app), content_type="multipart/form-data",
+                             data={"projectId": "p", "file": (io.BytesIO(b"GIF89a..."), "x.zip")}), 415, "NOT_A_ZIP")
+    assert_error(client.post(path, headers=auth(app), content_type="multipart/form-data",
+                             data={"projectId": "p", "priority": "11", "file": (io.BytesIO(b"PK\x03\x04"), "x.zip")}),
+                 400, "VALIDATION_ERROR", "priority")
+    assert_error(client.post(path, headers=auth(app), content_type="multipart/form-data",
+                             data={"projectId": "p", "mode": "selfie", "file": (io.BytesIO(b"PK\x03\x04"), "x.zip")}),
+                 400, "VALIDATION_ERROR", "mode")
+    assert_error(client.post(path, headers=auth(app), content_type="multipart/form-data",
+                             data={"projectId": "p", "options": "{bad", "file": (io.BytesIO(b"PK\x03\x04"), "x.zip")}),
+                 400, "VALIDATION_ERROR", "options")
+    big = b"PK\x03\x04" + b"0" * 300_000
+    assert_error(client.post(path, headers=auth(app), content_type="multipart/form-data",
+                             data={"projectId": "p", "file": (io.BytesIO(big), "x.zip")}), 413, "PAYLOAD_TOO_LARGE")
+    leftovers = list((tmp_path / "uploads").rglob("*.part")) if (tmp_path / "uploads").exists() else []
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"images": "x"}, "images"),
+    ({"images": []}, "images"),
+    ({"images": images(51)}, "images"),
+    ({"images": [1]}, "images[0]"),
+    ({"images": [{"recordId": "a", "imageUrl": URL}, {"recordId": "a", "imageUrl": URL}]}, "images[1].recordId"),
+    ({"images": [{"recordId": "a", "imageUrl": "ftp://x"}]}, "images[0].imageUrl"),
+    ({"images": [{"imageUrl": URL}]}, "images[0].recordId"),
+    ({"images": images(1), "priority": 0}, "priority"),
+    ({"images": images(1), "priority": 3.5}, "priority"),
+    ({"images": images(1), "priority": True}, "priority"),
+    ({"images": images(1), "mode": "x"}, "mode"),
+    ({"images": images(1), "options": {"quality": 500}}, "options.quality"),
+    ({"images": images(1), "projectId": None}, "projectId"),
+])
+def test_add_images_validation(app: Flask, client: FlaskClient, body: dict[str, Any], field: str,
+                               redis_conn: redis.Redis) -> None:
+    full = {"projectId": "p", **body}
+    assert_error(client.post("/api/batch/add-images", json=full, headers=auth(app)), 400, "VALIDATION_ERROR", field)
+    assert all(Queue(name, connection=redis_conn).count == 0 for name in contracts.FACE_DETECTION_QUEUES)
+
+
+def test_batches_are_private_to_their_vendor(app: Flask, client: FlaskClient) -> None:
+    batch_id = client.post("/api/batch/add-images", json={"projectId": "p", "images": images(1)},
+                           headers=auth(app)).get_json()["batchId"]
+    assert_error(client.get(f"/api/batch/status/{batch_id}", headers=auth(app, "globex")), 404, "BATCH_NOT_FOUND")
+    assert_error(client.get(f"/api/batch/{batch_id}/results", headers=auth(app, "globex")), 404, "BATCH_NOT_FOUND")
+    assert_error(client.get("/api/batch/status/nope", headers=auth(app)), 404, "BATCH_NOT_FOUND")
+    assert_error(client.get(f"/api/batch/{batch_id}/results?format=xml", headers=auth(app)),
+                 400, "VALIDATION_ERROR", "format")
+    assert_error(client.get("/api/batch/queue-stats"), 401, "MISSING_API_KEY")
+
+
+def test_results_stream_lists_every_item(app: Flask, client: FlaskClient) -> None:
+    batch_id = client.post("/api/batch/add-images", json={"projectId": "p", "images": images(3)},
+                           headers=auth(app)).get_json()["batchId"]
+    lines = client.get(f"/api/batch/{batch_id}/results", headers=auth(app)).get_data(as_text=True).splitlines()
+    assert len(lines) == 3 and '"recordId":"r2"' in lines[2] and '"status":"pending"' in lines[0]
+    csv_text = client.get(f"/api/batch/{batch_id}/results?format=csv", headers=auth(app)).get_data(as_text=True)
+    assert csv_text.splitlines()[0].startswith("seq,recordId,entry,status") and len(csv_text.splitlines()) == 4
+
+
+def test_queue_stats(app: Flask, client: FlaskClient) -> None:
+    client.post("/api/batch/add-images", json={"projectId": "p", "priority": 9, "images": images(5)},
+                headers=auth(app))
+    stats = client.get("/api/batch/queue-stats", headers=auth(app)).get_json()["stats"]
+    assert stats["faceDetection"]["waiting"] == 2 and stats["faceDetectionByPriority"]["9"]["waiting"] == 2
+    assert set(stats["batchIngestion"]) == {"active", "completed", "failed", "delayed", "waiting"}
+    assert isinstance(stats["timestamp"], int)
