@@ -21,7 +21,7 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Job
 
-from . import contracts, metrics
+from . import contracts, metrics, webhooks
 from .batch_plan import BatchRef, enqueue_chunk
 from .batch_records import (
     BATCH_FAILED,
@@ -133,6 +133,7 @@ def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
                                 "see the results listing for why)", code=NO_IMAGES)
     ctx.db.set_batch(batch_id, status=BATCH_PROCESSING, only_from=(BATCH_INGESTING,))
     ctx.db.finish_batch_if_done(batch_id)
+    webhooks.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
     Path(path).unlink(missing_ok=True)
     log.info("job=%s vendor=%s batch=%s ingested %d images (%d skipped) in %d chunks", job.id,
              batch["vendor_id"], batch_id, ingest.images, ingest.skipped,
@@ -175,6 +176,7 @@ def on_ingest_failure(job: Job, connection: Redis, exc_type: type[BaseException]
     ctx = context()
     ctx.db.set_batch(batch_id, status=BATCH_FAILED, error_code=code, error_message=message[:2000],
                      only_from=(BATCH_QUEUED, BATCH_INGESTING))
+    webhooks.notify_batch_if_final(ctx.db, ctx.settings, connection, batch_id)
     Path(path).unlink(missing_ok=True)
 
 
@@ -192,6 +194,7 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
     items = ctx.db.pending_items(batch_id, first_seq, last_seq)
     if not items:  # a re-run after everything was recorded
         ctx.db.finish_batch_if_done(batch_id)
+        webhooks.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
         metrics.job_succeeded(job.connection, job, count_image=False)
         return {"processed": 0, "failed": 0, "retry": 0}
     ctx.db.count_attempt(batch_id, [item["seq"] for item in items])
@@ -219,6 +222,7 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
             outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "status": ITEM_FAILED,
                              "error_code": exc.code, "error_message": exc.message[:2000]})
     _record(ctx, batch, outcomes)
+    webhooks.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
     failed = sum(o["status"] == ITEM_FAILED for o in outcomes)
     metrics.images_finished(job.connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
                             completed=len(outcomes) - failed, failed=failed)
@@ -297,5 +301,6 @@ def on_chunk_failure(job: Job, connection: Redis, exc_type: type[BaseException] 
                 batch_id, first_seq, last_seq, len(left), message)
     _record(ctx, batch, [{"seq": item["seq"], "record_id": item["record_id"], "status": ITEM_FAILED,
                           "error_code": code, "error_message": message[:2000]} for item in left])
+    webhooks.notify_batch_if_final(ctx.db, ctx.settings, connection, batch_id, batch)
     metrics.images_finished(connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
                             completed=0, failed=len(left))

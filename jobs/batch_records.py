@@ -72,13 +72,15 @@ class BatchRecords:
         def _write(self, sql: str, params: tuple[Any, ...] = (), *, size: int = 0) -> int: ...
 
     def create_batch(self, batch_id: str, vendor_id: str, project_id: str, *, source: str,
-                     priority: int, mode: str, options: dict[str, Any], status: str = BATCH_QUEUED) -> None:
-        """Insert a new batch row."""
+                     priority: int, mode: str, options: dict[str, Any], status: str = BATCH_QUEUED,
+                     callback_url: str | None = None) -> None:
+        """Insert a new batch row (``callback_url``: its completion webhook, jobs/webhooks.py)."""
         now = _now()
         self._write(
             "INSERT INTO batches (batch_id, vendor_id, project_id, status, source, priority, mode, options_json,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (batch_id, vendor_id, project_id, status, source, priority, mode, json.dumps(options), now, now))
+            " callback_url, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (batch_id, vendor_id, project_id, status, source, priority, mode, json.dumps(options), callback_url,
+             now, now))
 
     def get_batch(self, batch_id: str, vendor_id: str | None = None) -> dict[str, Any] | None:
         """The batch row; with ``vendor_id``, only if that vendor owns it."""

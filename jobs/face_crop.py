@@ -101,9 +101,25 @@ SCALE_FACTOR = 1.1
 MIN_NEIGHBORS = 6
 MIN_FACE_PX = 32  # in the downscaled (<= max_side) detection image
 
-# "portrait" profile (batches): PORTRAIT_MEASUREMENTS_PLACEHOLDER
+# "portrait" profile (batches). The rule: a portrait's or ID photo's face is at least 10 % of
+# the photo's short side, so the detection image is scaled to make such a face 40 px (a
+# 1200x1600 photo is searched at 400x533, where the general profile uses 768x1024).
+# Chosen by measurement (OpenCV 4.12, one thread) on 1-3 MP JPEG portraits built by
+# scripts/bench_batch.py: LFW faces and the astronaut at 10-55 % of the short side on photo
+# and studio backdrops; a face is found when a box has IoU >= 0.3 with it. Against the naive
+# pipeline (default cascade, <= 1024 px, sf 1.1, minNeighbors 5, minSize 40; 227 ms/photo
+# CPU), faces found / largest box on the face / false boxes, ms/photo CPU:
+#   set (seeds)        naive               alt2 sf1.15 mn3       alt2 sf1.2 mn3
+#   600 (1-3) 10-55 %  589 / 560 / 294     593 / 589 / 19  59    593 / 592 / 1  48
+#   400 (4-5) 10-55 %  392 / 371 / 211     397 / 395 / 18  60    395 / 395 / 0  49
+#   200 (6)   10-16 %  195 / 173 / 125     197 / 194 / 12  57    197 / 197 / 1  46
+# Seeds 1-3 chose the values, 4-6 checked them. With the default cascade at this size, no
+# sf/minNeighbors pair matched the naive recall under ~60 ms (sf 1.1 mn 3 at a 40 px minimum:
+# 197/200 but 63 false boxes); minNeighbors 4-5 and sf 1.25 lose faces; a 24-36 px minimum
+# (smaller detection image) loses faces near the 10 % limit. ``alt2`` boxes match the default
+# cascade's within ~1.5 % in size and position (LFW faces, astronaut), so framing is unchanged.
 PORTRAIT_CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
-PORTRAIT_SCALE_FACTOR = 1.15
+PORTRAIT_SCALE_FACTOR = 1.2
 PORTRAIT_MIN_NEIGHBORS = 3
 PORTRAIT_MIN_FACE_PX = 40  # a face of PORTRAIT_MIN_FACE_FRACTION measures this in the detection image
 PORTRAIT_MIN_FACE_FRACTION = 0.10  # of the photo's short side

@@ -69,14 +69,19 @@ def bucket_of(seconds: float) -> str:
     return INF if index == len(DURATION_BUCKETS_S) else repr(DURATION_BUCKETS_S[index])
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def elapsed_s(job: Job) -> float | None:
-    """Seconds since the job's current attempt started, or None if it never started."""
-    started = job.started_at
-    if started is None:
+    """Seconds the job's current attempt ran (to its end, or to now), or None if it never started."""
+    if job.started_at is None:
         return None
-    if started.tzinfo is None:
-        started = started.replace(tzinfo=UTC)
-    return max((datetime.now(UTC) - started).total_seconds(), 0.0)
+    started = _aware(job.started_at)
+    ended = _aware(job.ended_at) if job.ended_at else None
+    if ended is None or ended < started:  # still running, or an earlier attempt's end
+        ended = datetime.now(UTC)
+    return (ended - started).total_seconds()
 
 
 def _write(redis: Redis, increments: Iterable[tuple[str, str, float]]) -> None:

@@ -27,7 +27,7 @@ from jobs.errors import DATABASE_UNAVAILABLE, RECORD_TOO_LARGE, PermanentJobErro
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: vendors.webhook_secret, batches.callback_url (_ADDED_COLUMNS)
 CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -68,6 +68,13 @@ _TABLES: list[tuple[str, list[str], list[tuple[str, str]]]] = [
         ("ix_records_project", "vendor_id, project_id")]),
 ]
 _TABLES += BATCH_TABLES
+# Columns added after their table's first release. CREATE TABLE IF NOT EXISTS never adds a
+# column to an existing table, so migrate() adds each one that is missing, on old and new
+# databases alike: (table, column, definition).
+_ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("vendors", "webhook_secret", "VARCHAR(128) NULL"),  # HMAC key of the vendor's completion webhooks
+    ("batches", "callback_url", "TEXT NULL"),  # the batch's completion webhook (README "Clients")
+]
 
 # Error kinds returned by a dialect's classify().
 _LOST, _BUSY, _TOO_LARGE, _INTEGRITY = "lost", "busy", "too_large", "integrity"
@@ -423,6 +430,8 @@ class Database(BatchRecords):
             for table, columns, indexes in _TABLES:
                 for statement in self.dialect.create_table(table, columns, indexes):
                     self._execute(cur, statement)
+            for table, column, definition in _ADDED_COLUMNS:
+                self._add_column(cur, table, column, definition)
             self._execute(cur, "SELECT 1 FROM schema_version WHERE version = ?", (SCHEMA_VERSION,))
             if cur.fetchone() is None:
                 try:
@@ -432,6 +441,22 @@ class Database(BatchRecords):
                     if self.dialect.classify(exc) != _INTEGRITY:
                         raise
         self._run(work)
+
+    def _columns(self, cur: Any, table: str) -> set[str]:
+        self._execute(cur, f"SELECT * FROM {table} WHERE 1 = 0")
+        cur.fetchall()
+        return {str(d[0]).lower() for d in cur.description}
+
+    def _add_column(self, cur: Any, table: str, column: str, definition: str) -> None:
+        """ALTER TABLE ... ADD COLUMN unless the column exists (idempotent, race-tolerant)."""
+        if column in self._columns(cur, table):
+            return
+        try:
+            self._execute(cur, f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        except Exception:
+            if column not in self._columns(cur, table):  # not another migrate() adding it meanwhile
+                raise
+        log.info("schema: added column %s.%s", table, column)
 
     # --- vendors and API keys ----------------------------------------------------------------
     def create_vendor(self, vendor_id: str, name: str) -> None:
@@ -469,6 +494,16 @@ class Database(BatchRecords):
         """Revoke every active key of the vendor; returns how many were revoked."""
         return self._write("UPDATE api_keys SET revoked_at = ? WHERE vendor_id = ? AND revoked_at IS NULL",
                            (_now(), vendor_id))
+
+    def get_webhook_secret(self, vendor_id: str) -> str | None:
+        """The vendor's webhook signing secret (None: unknown vendor or none set)."""
+        row = self._fetch_one("SELECT webhook_secret FROM vendors WHERE id = ?", (vendor_id,))
+        return None if row is None or not row["webhook_secret"] else str(row["webhook_secret"])
+
+    def set_webhook_secret(self, vendor_id: str, secret: str) -> None:
+        """Store (replace) the vendor's webhook signing secret; KeyError for an unknown vendor."""
+        if not self._write("UPDATE vendors SET webhook_secret = ? WHERE id = ?", (secret, vendor_id)):
+            raise KeyError(vendor_id)
 
     # --- per-vendor settings (vendors.settings_json) -------------------------------------------
     @staticmethod

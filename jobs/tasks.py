@@ -18,11 +18,12 @@ from types import TracebackType
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from . import contracts, metrics
+from . import contracts, metrics, webhooks
 from .config import Settings
 from .errors import JOB_TIMEOUT, JobError, PermanentJobError
 from .logs import with_job_context
@@ -222,6 +223,8 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | 
     log.warning("job=%s vendor=%s record=%s failed (%s%s): %s", job.id, vendor_id, record_id, code,
                 "" if final else ", will retry", message)
     metrics.job_failed(connection, job, code, final=final)
+    if final:
+        _notify(job, connection, "job.failed", error={"code": code, "message": message})
     if not vendor_id or not record_id or code == RECORD_SUPERSEDED:
         return
     fields: dict[str, Any] = {"error_code": code, "error_message": message[:2000]}
@@ -238,6 +241,7 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | 
 def on_job_success(job: Job, connection: Redis, result: Any) -> None:
     """RQ success callback: count the job (/metrics); remember the duration for wait-time estimates."""
     metrics.job_succeeded(connection, job)
+    _notify(job, connection, "job.completed", result=result)
     if job.started_at is None:
         return
     started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
@@ -248,3 +252,14 @@ def on_job_success(job: Job, connection: Redis, result: Any) -> None:
     pipe.ltrim(key, 0, contracts.DURATIONS_KEPT - 1)
     pipe.execute()
 
+
+def _notify(job: Job, connection: Redis, event: str, **details: Any) -> None:
+    """Queue the job's completion webhook when it has a callbackUrl (jobs/webhooks.py).
+
+    Runs inside RQ's callbacks, where an exception would turn the job's own outcome into a
+    failure: a Redis error is logged instead (the job's outcome cannot be saved either then).
+    """
+    try:
+        webhooks.notify_job(job, connection, context().settings, event, **details)
+    except RedisError:
+        log.exception("job=%s could not queue its %s webhook", job.id, event)

@@ -10,7 +10,7 @@ at realistic sizes on photo backdrops, some stored sideways with an EXIF orienta
    process per core (``multiprocessing.Pool(os.cpu_count())``), naive and ours alternated
    over ``--rounds`` rounds: images/s, images/s per core and the speed-up.
 
-    .venv/bin/python scripts/bench_batch.py [--photos 40] [--rounds 2] [--face-range 0.10 0.55]
+    .venv/bin/python scripts/bench_batch.py [--photos 40] [--rounds 3] [--face-range 0.10 0.55]
 
 "naive" is the pipeline issue 4 measures against: full JPEG decode, OpenCV's default frontal
 Haar cascade on a gray copy at most 1024 px long, scaleFactor 1.1, minNeighbors 5, minSize 40,
@@ -174,12 +174,15 @@ PIPELINES: dict[str, Crop] = {"naive": naive_process, "ours": ours_process}
 
 
 # --- measuring ----------------------------------------------------------------------------
-def _run_one(args: tuple[Crop, bytes]) -> face_crop.CropResult | None:
+def _run_one(args: tuple[Crop, bytes]) -> tuple[face_crop.CropResult | None, float]:
+    """``func(data)`` (None on a permanent error such as no face) and the CPU seconds it took."""
     func, data = args
+    cpu = time.process_time()
     try:
-        return func(data)
+        result: face_crop.CropResult | None = func(data)
     except PermanentJobError:
-        return None
+        result = None
+    return result, time.process_time() - cpu
 
 
 WARM_UP: list[bytes] = []  # set before the pool forks: one photo each worker runs first
@@ -197,18 +200,20 @@ def plain_loop(func: Crop, images: list[bytes], processes: int,
                pool: Any | None = None) -> dict[str, Any]:
     """Run ``func`` over ``images`` with ``processes`` worker processes (1: in this process).
 
-    Returns images, seconds, images/s, images/s per process and the results (None where
-    ``func`` raised a permanent error such as no face).
+    Returns images, wall seconds, images/s, images/s per process, the CPU seconds the
+    workers spent in ``func`` (less disturbed than wall time by other work on the machine)
+    and the results (None where ``func`` raised a permanent error such as no face).
     """
     start = time.perf_counter()
     if processes == 1:
-        results = [_run_one((func, data)) for data in images]
+        runs = [_run_one((func, data)) for data in images]
     else:
         assert pool is not None, "pass a Pool of `processes` workers"
-        results = pool.map(_run_one, [(func, data) for data in images], chunksize=1)
+        runs = pool.map(_run_one, [(func, data) for data in images], chunksize=1)
     seconds = time.perf_counter() - start
     return {"images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
-            "per_core": len(images) / seconds / processes, "results": results}
+            "per_core": len(images) / seconds / processes, "cpu_seconds": sum(cpu for _, cpu in runs),
+            "results": [result for result, _ in runs]}
 
 
 def step_profile(photos: list[Portrait]) -> dict[str, dict[str, Any]]:
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="portrait generator seed (default 0)")
     parser.add_argument("--face-range", type=float, nargs=2, default=(0.10, 0.55), metavar=("LOW", "HIGH"),
                         help="face width as a fraction of the short side (default 0.10 0.55)")
-    parser.add_argument("--rounds", type=int, default=2, help="plain-loop rounds, naive and ours alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="plain-loop rounds, naive and ours alternated")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="plain-loop worker processes (default: one per core)")
     args = parser.parse_args(argv)
@@ -311,15 +316,16 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(plain_loop(PIPELINES[name], images, processes, pool))
     print(f"\nplain-loop limit: {len(images)} images x {args.rounds} rounds, {processes} processes"
           f" on {os.cpu_count()} cores, naive and ours alternated:")
-    rate = {}
+    rate, cpu_ms = {}, {}
     for name, name_runs in runs.items():
         total_images = sum(r["images"] for r in name_runs)
-        total_s = sum(r["seconds"] for r in name_runs)
-        rate[name] = total_images / total_s
+        rate[name] = total_images / sum(r["seconds"] for r in name_runs)
+        cpu_ms[name] = sum(r["cpu_seconds"] for r in name_runs) * 1000 / total_images
         rounds = "  ".join(f"{r['images_per_s']:.2f}" for r in name_runs)
         print(f"  {name:5s} {rate[name]:6.2f} images/s  = {rate[name] / processes:5.2f} images/s per core"
-              f"   (rounds: {rounds} images/s)")
-    print(f"  speed-up ours / naive: {rate['ours'] / rate['naive']:.2f}x")
+              f"   CPU {cpu_ms[name]:6.1f} ms/image   (rounds: {rounds} images/s)")
+    print(f"  speed-up ours / naive: {rate['ours'] / rate['naive']:.2f}x in images/s,"
+          f" {cpu_ms['naive'] / cpu_ms['ours']:.2f}x in CPU time per image")
 
     # --- end-to-end sections (HTTP -> Redis -> rq workers -> storage -> DB) go here ---------
 

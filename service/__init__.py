@@ -8,7 +8,7 @@ from flask import Flask
 
 from jobs.config import Settings
 
-from . import errors, extensions, limits
+from . import dashboard, errors, extensions, idempotency, limits, metrics, request_context
 
 
 def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
@@ -29,10 +29,13 @@ def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     extensions.init_app(app, settings)
+    request_context.init_app(app)  # X-Request-ID for logs, before the limiter's and routes' hooks
     limits.init_app(app, settings)  # per-IP and per-vendor rate limits, before any route's hooks
 
+    from .admin import bp as admin_bp
     from .batch import UploadRequest
     from .batch import bp as batch_bp
+    from .docs import bp as docs_bp
     from .health import bp as health_bp
     from .image_queue import bp as image_queue_bp
 
@@ -40,12 +43,17 @@ def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
     app.register_blueprint(image_queue_bp)
     app.register_blueprint(batch_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(admin_bp)  # /api/admin/*: dead letters, admin credentials
+    app.register_blueprint(docs_bp)  # /api/openapi.json and /api/docs
+    idempotency.init_app(app)  # Idempotency-Key on every image-queue and batch POST
+    metrics.init_app(app)  # /metrics (Prometheus): METRICS_TOKEN or admin credentials
+    dashboard.init_app(app, settings)  # rq-dashboard at /rq: admin credentials
     errors.init_app(app)
 
     @app.get("/")
     def index() -> dict[str, Any]:
         return {"success": True, "service": "image-queue",
-                "docs": "README.md", "health": "/api/worker/health"}
+                "docs": "/api/docs", "openapi": "/api/openapi.json", "health": "/api/worker/health"}
 
     logging.getLogger(__name__).debug("app created (storage=%s)", settings.effective_storage_backend)
     return app

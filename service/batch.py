@@ -27,6 +27,7 @@ from jobs.batch_plan import BatchRef, chunk_ranges, enqueue_chunk, enqueue_inges
 from jobs.batch_records import BATCH_FAILED, BATCH_PROCESSING, BATCH_QUEUED, ITEM_PENDING
 from jobs.contracts import validate_crop_options, validate_id, validate_mode, validate_photo_url, validate_priority
 
+from . import webhooks
 from .auth import check_body_vendor, current_vendor, require_vendor
 from .errors import ApiError, NotFound, ServiceUnavailable, ValidationError
 from .extensions import backends
@@ -106,6 +107,7 @@ def _accept_zip(b: Any) -> tuple[Response, int]:
     priority = field(validate_priority, form, "priority")
     mode = field(validate_mode, {"mode": form.get("mode") or "square"}, "mode")
     options = _batch_options(mode, form.get("options"))
+    callback = webhooks.callback_url(form, vendor_id)
     upload = request.files.get("file")
     if upload is None:
         raise ValidationError("file", "is required: the ZIP file as a multipart file field named 'file'")
@@ -126,7 +128,7 @@ def _accept_zip(b: Any) -> tuple[Response, int]:
 
     image_count = count_image_entries(target)
     b.db.create_batch(batch_id, vendor_id, project_id, source="zip", priority=priority, mode=mode,
-                      options=options, status=BATCH_QUEUED)
+                      options=options, status=BATCH_QUEUED, callback_url=callback)
     try:
         enqueue_ingest(b.redis, BatchRef(batch_id, vendor_id, priority), str(target), settings)
     except RedisError as exc:
@@ -158,8 +160,10 @@ def add_images() -> tuple[Response, int]:
     check_body_vendor(body, vendor_id)
     project_id = field(validate_id, body, "projectId")
     priority = field(validate_priority, body, "priority")
-    mode = field(validate_mode, {"mode": body.get("mode") or "square"}, "mode")
+    # Only an absent or null mode means the default: {"mode": {}} or 0 is a 400, not square.
+    mode = field(validate_mode, {"mode": "square" if body.get("mode") is None else body["mode"]}, "mode")
     options = _batch_options(mode, body.get("options"))
+    callback = webhooks.callback_url(body, vendor_id)
     images = body.get("images")
     if not isinstance(images, list) or not images:
         raise ValidationError("images", "is required: a non-empty array of {recordId, imageUrl}")
@@ -179,7 +183,7 @@ def add_images() -> tuple[Response, int]:
         items.append({"seq": index, "record_id": record_id, "source": url, "status": ITEM_PENDING})
     batch_id = new_batch_id()
     b.db.create_batch(batch_id, vendor_id, project_id, source="urls", priority=priority, mode=mode,
-                      options=options, status=BATCH_PROCESSING)
+                      options=options, status=BATCH_PROCESSING, callback_url=callback)
     b.db.add_batch_items(batch_id, items)
     b.db.queue_records(vendor_id, project_id, [(i["record_id"], batch_id, i["source"]) for i in items],
                        job_kind=contracts.KIND_BATCH_FACE_CROP)
@@ -241,6 +245,9 @@ def batch_status(batch_id: str) -> Response:
     }
     if batch["error_code"]:
         view["error"] = {"code": batch["error_code"], "message": batch["error_message"]}
+    webhook = webhooks.delivery_view(backends().redis, "batch", batch["batch_id"], batch.get("callback_url"))
+    if webhook is not None:
+        view["webhook"] = webhook
     return jsonify({"success": True, "batch": view})
 
 

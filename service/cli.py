@@ -7,7 +7,10 @@
   vendor set-limits ID [--image-processing L] [--background-removal L] [--bulk L] [--reads L] [--clear]
                                 override a vendor's rate limits (L: "200/15 minutes"; "default" drops one)
   vendor show-limits ID         print a vendor's effective rate limits
+  vendor webhook-secret ID      give a vendor a new webhook signing secret and print it, once
   demo-key PATH                 ensure vendor 'demo' exists, give it a new key, write it to PATH
+  dead-letters list|requeue|delete [--queue Q] [--vendor V] [--code C] [--job-id ID ...]
+                                failed jobs, listed or requeued/deleted in bulk
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from jobs.records import Database, connect
 
 from . import limits as rate_limits
 from .auth import create_api_key
+from .dead_letters_cli import dead_letters
+from .webhooks import create_webhook_secret
 
 
 def _db() -> Database:
@@ -63,7 +68,11 @@ def vendor_create(vendor_id: str, name: str | None) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     key = create_api_key(db, vendor_id)
-    click.echo(f"vendor {vendor_id} created; API key (store it now, it is not shown again):", err=True)
+    secret = create_webhook_secret(db, vendor_id)
+    # stdout stays the key alone (scripts read it); the secret goes with the other messages.
+    click.echo(f"vendor {vendor_id} created; webhook signing secret (X-ImageQueue-Signature; store it now, "
+               f"it is not shown again): {secret}", err=True)
+    click.echo("API key (store it now, it is not shown again):", err=True)
     click.echo(key)
 
 
@@ -133,6 +142,19 @@ def vendor_show_limits(vendor_id: str) -> None:
     _echo_limits(vendor_id, rate_limits.valid_overrides(vendor_id, overrides))
 
 
+@vendor.command("webhook-secret")
+@click.argument("vendor_id")
+def vendor_webhook_secret(vendor_id: str) -> None:
+    """Give a vendor a new webhook signing secret (the old one stops working) and print it."""
+    db = _db()
+    if db.get_vendor(vendor_id) is None:
+        raise click.ClickException(f"no vendor {vendor_id!r}; create it with 'vendor create'")
+    secret = create_webhook_secret(db, vendor_id)
+    click.echo(f"new webhook signing secret of {vendor_id} (store it now, it is not shown again; deliveries from "
+               "now on are signed with it, including retries of earlier events):", err=True)
+    click.echo(secret)
+
+
 @cli.command("demo-key")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def demo_key(path: Path) -> None:
@@ -145,7 +167,14 @@ def demo_key(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(key + "\n")
     path.chmod(0o600)
+    if db.get_webhook_secret("demo") is None:  # for trying callbackUrl; kept across restarts
+        secret_file = path.with_name("demo-webhook-secret")
+        secret_file.write_text(create_webhook_secret(db, "demo") + "\n")
+        secret_file.chmod(0o600)
     click.echo(key)
+
+
+cli.add_command(dead_letters)  # dead-letters list | requeue | delete (service/dead_letters_cli.py)
 
 
 def main() -> None:

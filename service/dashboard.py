@@ -8,8 +8,14 @@ own JSON, not our error shape: that is accepted under /rq only.
 The blueprint object is a module global of rq_dashboard, shared by every app of a process
 (tests make many), so the admin check is an app-level hook for that blueprint rather than a
 hook added to the blueprint itself, which would pile up one per app.
+
+The dashboard's buttons (requeue, delete, empty, compact) POST with the admin's Basic
+credentials, which browsers send by themselves, also for a form on another site: those
+requests must come from a page of this host (``Origin``, else ``Referer``), or answer 403.
 """
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 import rq_dashboard
 from flask import Flask, request
@@ -18,14 +24,28 @@ from rq_dashboard.web import setup_rq_connection
 from jobs.config import Settings
 
 from .admin_auth import require_admin
+from .errors import Forbidden
 
 URL_PREFIX = "/rq"
 BLUEPRINT = rq_dashboard.blueprint.name  # "rq_dashboard"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Changes jobs even when asked with GET (requeues every failed job of a queue).
+CHANGES_ON_GET = frozenset({f"{BLUEPRINT}.requeue_all"})
+
+
+def _from_this_host() -> bool:
+    source = request.headers.get("Origin") or request.headers.get("Referer") or ""
+    return bool(source) and urlsplit(source).netloc == request.host
 
 
 def _guard() -> None:
-    if request.blueprint == BLUEPRINT:
-        require_admin()
+    if request.blueprint != BLUEPRINT:
+        return
+    require_admin()
+    changes = request.method not in SAFE_METHODS or request.endpoint in CHANGES_ON_GET
+    if changes and not _from_this_host():
+        raise Forbidden("Dashboard actions must come from the dashboard's own page (Origin or Referer of this "
+                        "host); refused as a possible cross-site request.", error_code="CROSS_SITE_REQUEST")
 
 
 def init_app(app: Flask, settings: Settings) -> None:

@@ -71,34 +71,34 @@ NOT_FOUND = "NOT_FOUND"
 CHANGED = "CHANGED"  # someone else requeued or deleted it meanwhile
 
 
+# A filter given empty ("", [], an unset shell variable) is refused, never read as "no filter":
+# it must not widen a bulk requeue or delete. Absent (None) means no filter.
 def queue_names(value: Any, name: str = "queue") -> tuple[str, ...]:
     """Queue filter: a name of ALL_QUEUES, ``face-detection`` (all ten priorities), or a list of those."""
-    if value is None or value == "" or value == []:
+    if value is None:
         return ()
     values = value if isinstance(value, list) else [value]
+    if not values:
+        raise InvalidField(name, "must name at least one queue")
     names: list[str] = []
     for item in values:
         if not isinstance(item, str):
             raise InvalidField(name, "must be a queue name or a list of queue names")
-        for part in (p.strip() for p in item.split(",")):
-            if part == contracts.QUEUE_FACE_DETECTION:
-                names.extend(contracts.FACE_DETECTION_QUEUES)
-            elif part in contracts.ALL_QUEUES:
-                names.append(part)
-            elif part:
-                raise InvalidField(name, f"unknown queue {part[:64]!r}; one of "
-                                         f"{', '.join((*contracts.ALL_QUEUES, contracts.QUEUE_FACE_DETECTION))}")
+        if item not in contracts.ALL_QUEUES and item != contracts.QUEUE_FACE_DETECTION:
+            raise InvalidField(name, f"unknown queue {item[:64]!r}; one of "
+                                     f"{', '.join((*contracts.ALL_QUEUES, contracts.QUEUE_FACE_DETECTION))}")
+        names.extend(contracts.FACE_DETECTION_QUEUES if item == contracts.QUEUE_FACE_DETECTION else [item])
     return tuple(dict.fromkeys(names))
 
 
 def _optional_id(value: Any, name: str) -> str | None:
-    if value is None or value == "":
+    if value is None:
         return None
     return contracts.validate_id(value, name)
 
 
 def _optional_code(value: Any, name: str) -> str | None:
-    if value is None or value == "":
+    if value is None:
         return None
     if not isinstance(value, str) or not CODE_PATTERN.match(value):
         raise InvalidField(name, "must be an error code such as IMAGE_NOT_FOUND (letters, digits, _)")
@@ -108,8 +108,8 @@ def _optional_code(value: Any, name: str) -> str | None:
 def _job_ids(value: Any, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list):
-        raise InvalidField(name, "must be an array of job ids")
+    if not isinstance(value, list) or not value:
+        raise InvalidField(name, "must be a non-empty array of job ids")
     if len(value) > MAX_JOB_IDS:
         raise InvalidField(name, f"has {len(value)} ids; at most {MAX_JOB_IDS} per call (filter by queue, "
                                  "vendor or code to act on more)")

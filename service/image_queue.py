@@ -18,7 +18,7 @@ from jobs.contracts import (
     validate_remove_bg_options,
 )
 
-from . import jobqueue
+from . import jobqueue, webhooks
 from .auth import check_body_vendor, current_vendor, require_vendor
 from .errors import NotFound, ServiceUnavailable, ValidationError
 from .extensions import backends
@@ -42,6 +42,11 @@ def _submit(queue_name: str, func: str, kind: str, project_id: str, specs: list[
     """Write the record rows, then enqueue; on a Redis failure mark the rows failed and answer 503."""
     b = backends()
     vendor_id = current_vendor()
+    # Every queueing route accepts an optional callbackUrl: each job posts its own completion event.
+    callback = webhooks.callback_url(json_body(), vendor_id)
+    if callback is not None:
+        for spec in specs:
+            spec.payload["callbackUrl"] = callback
     rows = [(spec.record_id, spec.job_id, spec.payload["photoUrl"]) for spec in specs]
     b.db.queue_records(vendor_id, project_id, rows, job_kind=kind)
     queue = b.queue(queue_name)
@@ -218,7 +223,11 @@ def job_status(job_id: str) -> Response:
     if job is None:
         raise NotFound(f"No job {job_id!r} for this vendor (unknown, expired, or another vendor's).",
                        error_code="JOB_NOT_FOUND")
-    return jsonify(jobqueue.job_view(job))
+    view = jobqueue.job_view(job)
+    webhook = webhooks.delivery_view(backends().redis, "job", job.id, view["data"].get("callbackUrl"))
+    if webhook is not None:
+        view["webhook"] = webhook
+    return jsonify(view)
 
 
 @bp.get("/record/<record_id>")

@@ -140,12 +140,15 @@ def _last_line(job: Job) -> str:
 
 def queue_counts(queue: Queue) -> dict[str, int]:
     """waiting, active, completed, failed, delayed for one queue."""
+    # cleanup=False: RQ's registry cleanup runs failure callbacks (jobs.tasks, cv2) and belongs
+    # to the workers' maintenance, not to a read in the web tier.
     return {
         "waiting": queue.count,
-        "active": queue.started_job_registry.count,
-        "completed": queue.finished_job_registry.count,
-        "failed": queue.failed_job_registry.count,
-        "delayed": queue.scheduled_job_registry.count + queue.deferred_job_registry.count,
+        "active": queue.started_job_registry.get_job_count(cleanup=False),
+        "completed": queue.finished_job_registry.get_job_count(cleanup=False),
+        "failed": queue.failed_job_registry.get_job_count(cleanup=False),
+        "delayed": (queue.scheduled_job_registry.get_job_count(cleanup=False)
+                    + queue.deferred_job_registry.get_job_count(cleanup=False)),
     }
 
 
@@ -165,7 +168,7 @@ def estimate_seconds(queue: Queue, extra_jobs: int) -> float:
     else:
         mean = DEFAULT_DURATION_S.get(queue.name, 2.0)
     workers = max(worker_count(queue), 1)
-    ahead = queue.count + queue.started_job_registry.count
+    ahead = queue.count + queue.started_job_registry.get_job_count(cleanup=False)
     rounds = (ahead + extra_jobs + workers - 1) // workers
     return max(rounds, 1) * mean
 

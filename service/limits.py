@@ -10,7 +10,7 @@ Who counts against what:
   the key's, never a body field. The per-IP limit does not apply to it: a vendor on a bigger
   plan (overrides, ``vendor set-limits``) is not capped by an IP it may share with others, and
   its polling (reads) uses nothing but its reads limit.
-* Health, local files and ``/`` are not limited.
+* Health, local files, ``/``, /metrics and the admin's /rq dashboard are not limited.
 
 Every limit is checked in one pass by Flask-Limiter's ``before_request`` hook, which runs before
 the blueprints' own hooks (authentication). It resolves the key itself (memoised for the request
@@ -91,8 +91,10 @@ ENDPOINT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "batch.batch_results": (READS,),
     "batch.batch_queue_stats": (READS,),
 }
-# Never limited: operators' probes and monitoring, local output files, the index.
-EXEMPT_BLUEPRINTS = frozenset({"health", "metrics"})
+# Never limited: operators' probes and monitoring, local output files, the index, the
+# admin's rq-dashboard (/rq polls every 2.5 s; it is behind ADMIN_PASSWORD, service/admin_auth.py),
+# the admin API (/api/admin, same credentials) and the API docs (/api/openapi.json, /api/docs).
+EXEMPT_BLUEPRINTS = frozenset({"health", "metrics", "rq_dashboard", "admin", "docs"})
 EXEMPT_ENDPOINTS = frozenset({"index", "static", "metrics"})
 
 HEADER_LIMIT = "RateLimit-Limit"

@@ -53,7 +53,7 @@ class RembgServer:
                 [str(REMBG_BIN), "s", "--host", "127.0.0.1", "--port", str(self.port), "--no-ui"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait_ready(self, timeout: float = 90) -> None:
+    def wait_ready(self, timeout: float = 240) -> None:
         """Block until GET /openapi.json answers 200."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
