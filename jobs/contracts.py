@@ -93,6 +93,17 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 MAX_URL_LENGTH = 2048
 
 
+def sniff_image_type(data: bytes) -> str | None:
+    """The image MIME type the magic bytes show (JPEG, PNG or WebP, the formats we accept), else None."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 class InvalidField(ValueError):
     """A request field is missing or wrong; ``field`` names it (dotted for nested ones)."""
 

@@ -30,7 +30,7 @@ from requests_hardened.ip_filter_adapter import IPFilterAdapter
 from urllib3.exceptions import ReadTimeoutError
 
 from jobs.config import Settings
-from jobs.contracts import InvalidField, validate_photo_url
+from jobs.contracts import InvalidField, sniff_image_type, validate_photo_url
 from jobs.errors import (
     FETCH_FAILED,
     FORBIDDEN_ADDRESS,
@@ -234,15 +234,6 @@ def _session(settings: Settings) -> requests.Session:
 
 
 # --- content sniffing ---------------------------------------------------------------------
-def sniff_image_type(data: bytes) -> str | None:
-    """The image MIME type the magic bytes show (JPEG, PNG or WebP), else None."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def describe_content(data: bytes) -> str:

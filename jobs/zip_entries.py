@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from jobs import zip_directory as zd
+from jobs.contracts import sniff_image_type as sniff_image
 from jobs.errors import NOT_AN_IMAGE
 
 # SkippedEntry codes (one entry; the batch goes on). NOT_AN_IMAGE is jobs.errors' code.
@@ -75,15 +76,6 @@ def _unusual_name_verdict(name: str) -> tuple[str, str] | None:
     return None
 
 
-def sniff_image(data: bytes) -> str | None:
-    """JPEG/PNG/WebP by magic; mirrors jobs.fetch.sniff_image_type (which imports requests)."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def content_verdict(head: bytes) -> tuple[str, str]:

@@ -24,9 +24,12 @@ import io
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,6 +266,214 @@ def recall(photos: list[Portrait], results: list[face_crop.CropResult | None]) -
     return {"found": found, "cropped": cropped, "false": false, "total": len(photos)}
 
 
+# ---------------------------------------------------------------------------------------------
+# End to end: the running stack (private Redis, Gunicorn, rq workers, local storage, SQLite).
+
+
+class BenchStack:
+    """A private redis-server plus the API; workers are started per section."""
+
+    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
+        from tests.conftest import free_port, redis_server_binary, wait_for_port
+        from tests.stack import running_stack, stack_env
+
+        self.tmp = tmp
+        port = free_port()
+        self.redis_proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+        wait_for_port(port)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        env = stack_env(redis_url=self.redis_url, database_url=f"sqlite:///{tmp / 'bench.sqlite3'}",
+                        storage_dir=tmp / "files", port=free_port(),
+                        extra={"LOG_LEVEL": "WARNING", "GUNICORN_ACCESSLOG": "", **(extra_env or {})})
+        self._cm = running_stack(env, tmp / "logs")
+        self.stack = self._cm.__enter__()
+        from tests.stack import create_vendor
+
+        self.keys = {vendor: create_vendor(env, vendor) for vendor in ("vendor-a", "vendor-b")}
+
+    def redis(self) -> Any:
+        import redis as redis_lib
+
+        return redis_lib.Redis.from_url(self.redis_url)
+
+    def start_workers(self, queues: tuple[str, ...], count: int) -> None:
+        from rq import Queue, Worker
+
+        before = len(self.stack.workers)
+        for _ in range(count):
+            self.stack.start_worker(*queues)
+        conn = self.redis()
+        deadline = time.monotonic() + 60
+        while Worker.count(queue=Queue(queues[0], connection=conn)) < before + count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not start:\n" + self.stack.logs())
+            time.sleep(0.1)
+
+    def upload(self, vendor: str, path: Path, priority: int = 5) -> dict[str, Any]:
+        import requests
+
+        with path.open("rb") as handle:
+            resp = requests.post(f"{self.stack.base_url}/api/batch/upload-zip", timeout=600,
+                                 headers={"X-API-Key": self.keys[vendor]},
+                                 data={"projectId": "bench", "priority": str(priority)},
+                                 files={"file": (path.name, handle, "application/zip")})
+        resp.raise_for_status()
+        return resp.json()
+
+    def batch(self, vendor: str, batch_id: str) -> dict[str, Any]:
+        import requests
+
+        resp = requests.get(f"{self.stack.base_url}/api/batch/status/{batch_id}",
+                            headers={"X-API-Key": self.keys[vendor]}, timeout=10)
+        resp.raise_for_status()
+        return resp.json()["batch"]
+
+    def wait_status(self, vendor: str, batch_id: str, statuses: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            batch = self.batch(vendor, batch_id)
+            if batch["status"] in statuses:
+                return batch
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"batch {batch_id} still {batch['status']}: {batch}\n{self.stack.logs()}")
+            time.sleep(0.1)
+
+    def api_peak_rss_kb(self) -> int:
+        """Largest VmHWM among the Gunicorn processes (master and workers)."""
+        pids = [self.stack.api.pid]
+        children = Path(f"/proc/{self.stack.api.pid}/task/{self.stack.api.pid}/children")
+        if children.exists():
+            pids += [int(pid) for pid in children.read_text().split()]
+        peaks = []
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]))
+        return max(peaks)
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+        self.redis_proc.terminate()
+        self.redis_proc.wait(10)
+
+
+def write_zip(path: Path, entries: Iterator[tuple[str, bytes]], compress: bool = False) -> int:
+    """Write a ZIP from (name, bytes) pairs; returns the entry count."""
+    count = 0
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+            count += 1
+    return count
+
+
+def e2e_zip(photos: list[bytes], count: int, workers: int) -> dict[str, Any]:
+    """A ZIP of ``count`` portrait JPEGs through the running stack: images/s end to end."""
+    from jobs import contracts
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        zip_path = tmp / "portraits.zip"
+        write_zip(zip_path, ((f"p{i:05d}.jpg", photos[i % len(photos)]) for i in range(count)))
+        bench = BenchStack(tmp)
+        try:
+            bench.start_workers((contracts.QUEUE_BATCH_INGESTION,), 1)
+            bench.start_workers(contracts.FACE_DETECTION_QUEUES, workers)
+            started = time.perf_counter()
+            body = bench.upload("vendor-a", zip_path)
+            batch = bench.wait_status("vendor-a", body["batchId"], ("completed", "completed_with_errors", "failed"),
+                                      timeout=3600)
+            elapsed = time.perf_counter() - started
+        finally:
+            bench.close()
+    return {"images": batch["imageCount"], "failed": batch["progress"]["failed"], "seconds": elapsed,
+            "images_per_s": batch["imageCount"] / elapsed, "status": batch["status"],
+            "zip_mb": zip_path.stat().st_size / 1e6 if zip_path.exists() else None}
+
+
+def tiny_jpeg() -> bytes:
+    """A real 16x16 JPEG (about 600 bytes)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 150, 120)).save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def e2e_ingest(entries: int) -> dict[str, Any]:
+    """Upload and ingest a ZIP of ``entries`` tiny images with no face-detection workers running."""
+    from rq.job import Job
+
+    from jobs import contracts
+    from jobs.batch_plan import ingest_job_id
+
+    data = tiny_jpeg()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        zip_path = tmp / "small.zip"
+        write_zip(zip_path, ((f"dir{i // 1000}/img{i:06d}.jpg", data) for i in range(entries)))
+        zip_mb = zip_path.stat().st_size / 1e6
+        bench = BenchStack(tmp, {"BATCH_VENDOR_CONCURRENCY": "4"})
+        try:
+            bench.start_workers((contracts.QUEUE_BATCH_INGESTION,), 1)
+            conn = bench.redis()
+            memory_before = int(conn.info("memory")["used_memory"])
+            rss_before = bench.api_peak_rss_kb()
+            started = time.perf_counter()
+            body = bench.upload("vendor-a", zip_path)
+            uploaded = time.perf_counter() - started
+            batch = bench.wait_status("vendor-a", body["batchId"], ("processing", "failed"), timeout=3600)
+            elapsed = time.perf_counter() - started
+            memory_after = int(conn.info("memory")["used_memory"])
+            job = Job.fetch(ingest_job_id(body["batchId"]), connection=conn)
+            result = job.return_value() or {}
+            api_rss = bench.api_peak_rss_kb()
+        finally:
+            bench.close()
+    return {"entries": entries, "zip_mb": zip_mb, "upload_s": uploaded, "seconds": elapsed,
+            "entries_per_s": entries / elapsed, "queued": batch["queued"], "status": batch["status"],
+            "redis_bytes_per_pending": (memory_after - memory_before) / max(batch["imageCount"], 1),
+            "ingest_peak_rss_mb": result.get("peakRssKb", 0) / 1024, "api_peak_rss_mb": api_rss / 1024,
+            "api_peak_rss_before_mb": rss_before / 1024}
+
+
+def e2e_fairness(photo: bytes, backlog: int, workers: int) -> dict[str, Any]:
+    """Vendor B's one-image batch while vendor A has ``backlog`` images queued at the same priority."""
+    import requests
+
+    from jobs import contracts
+    from tests.stack import PhotoServer
+
+    server = PhotoServer()
+    server.files["/p.jpg"] = photo
+    with tempfile.TemporaryDirectory() as tmp_name:
+        bench = BenchStack(Path(tmp_name), {"BATCH_MAX_IMAGES_PER_REQUEST": str(max(backlog, 1))})
+        try:
+            url = server.url("/p.jpg")
+            resp = requests.post(f"{bench.stack.base_url}/api/batch/add-images", timeout=600,
+                                 headers={"X-API-Key": bench.keys["vendor-a"]},
+                                 json={"projectId": "bench", "images": [{"recordId": f"a{i}", "imageUrl": url}
+                                                                        for i in range(backlog)]})
+            resp.raise_for_status()
+            a_id = resp.json()["batchId"]
+            bench.start_workers(contracts.FACE_DETECTION_QUEUES, workers)
+            time.sleep(3)  # A's work is under way
+            started = time.perf_counter()
+            resp = requests.post(f"{bench.stack.base_url}/api/batch/add-images", timeout=60,
+                                 headers={"X-API-Key": bench.keys["vendor-b"]},
+                                 json={"projectId": "bench", "images": [{"recordId": "b0", "imageUrl": url}]})
+            resp.raise_for_status()
+            bench.wait_status("vendor-b", resp.json()["batchId"], ("completed", "completed_with_errors"), timeout=600)
+            waited = time.perf_counter() - started
+            a_batch = bench.batch("vendor-a", a_id)
+        finally:
+            bench.close()
+            server.close()
+    return {"backlog": backlog, "b_wait_s": waited, "a_processed": a_batch["progress"]["processed"],
+            "a_remaining": a_batch["imageCount"] - a_batch["progress"]["processed"]}
+
+
 # --- report -------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Build the portraits, measure naive and ours, print the figures."""
@@ -274,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="plain-loop rounds, naive and ours alternated")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="plain-loop worker processes (default: one per core)")
+    parser.add_argument("--e2e-images", type=int, default=2000, help="end to end: JPEGs in the ZIP (default 2000)")
+    parser.add_argument("--ingest-entries", type=int, default=100_000, help="ingest: small entries (default 100000)")
+    parser.add_argument("--backlog", type=int, default=10_000, help="fairness: vendor A's queued images")
+    parser.add_argument("--skip-e2e", action="store_true", help="only the in-process measurements")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -327,7 +542,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  speed-up ours / naive: {rate['ours'] / rate['naive']:.2f}x in images/s,"
           f" {cpu_ms['naive'] / cpu_ms['ours']:.2f}x in CPU time per image")
 
-    # --- end-to-end sections (HTTP -> Redis -> rq workers -> storage -> DB) go here ---------
+    # 3. End to end through the running stack (HTTP -> Gunicorn -> Redis -> rq workers -> storage -> DB).
+    if args.skip_e2e:
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        return 0
+    e2e = e2e_zip(images, args.e2e_images, processes)
+    print(f"\nend to end: a ZIP of {e2e['images']} portrait JPEGs (the photos above, repeated; "
+          f"{e2e['zip_mb']:.0f} MB) uploaded, ingested and cropped by {processes} face-detection workers:")
+    print(f"  {e2e['seconds']:.1f} s, {e2e['images_per_s']:.2f} images/s, status {e2e['status']},"
+          f" {e2e['failed']} failed")
+    print(f"  ratio end-to-end / plain-loop limit (ours, {processes} processes):"
+          f" {e2e['images_per_s'] / rate['ours']:.2f}")
+
+    ingest = e2e_ingest(args.ingest_entries)
+    print(f"\ningest: a ZIP of {ingest['entries']} small JPEG entries ({ingest['zip_mb']:.1f} MB),"
+          " no face-detection worker running:")
+    print(f"  upload {ingest['upload_s']:.1f} s; upload + ingest {ingest['seconds']:.1f} s ="
+          f" {ingest['entries_per_s']:.0f} entries/s; {ingest['queued']} queued; status {ingest['status']}")
+    print(f"  peak RSS: ingest work-horse {ingest['ingest_peak_rss_mb']:.0f} MB, API (largest Gunicorn process)"
+          f" {ingest['api_peak_rss_mb']:.0f} MB (before the upload {ingest['api_peak_rss_before_mb']:.0f} MB)")
+    print(f"  Redis used_memory per pending image: {ingest['redis_bytes_per_pending']:.1f} bytes")
+
+    fair = e2e_fairness(images[0], args.backlog, processes)
+    print(f"\nfairness: vendor A has {fair['backlog']} images queued (same priority); vendor B sends one:")
+    print(f"  B's image done after {fair['b_wait_s']:.1f} s; meanwhile A: {fair['a_processed']} processed,"
+          f" {fair['a_remaining']} still waiting")
 
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
