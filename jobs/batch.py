@@ -211,7 +211,8 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
             key = safe_key(batch["vendor_id"], "batches", batch_id, f"{item['seq']:07d}.{result.extension}")
             url = ctx.storage.put(key, result.data, result.content_type)
             details = result.to_result()
-            outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "status": ITEM_COMPLETED,
+            outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
+                             "status": ITEM_COMPLETED,
                              "output_url": url, "face_detected": details["faceDetected"],
                              "face_count": details["faceCount"], "face_box": details["faceBox"],
                              "output_width": details["width"], "output_height": details["height"]})
@@ -219,7 +220,8 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
             if not exc.permanent:
                 transient.append((item["seq"], exc))
                 continue
-            outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "status": ITEM_FAILED,
+            outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
+                             "status": ITEM_FAILED,
                              "error_code": exc.code, "error_message": exc.message[:2000]})
     _record(ctx, batch, outcomes)
     webhooks.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
@@ -271,10 +273,10 @@ def _record(ctx: Context, batch: dict[str, Any], outcomes: list[dict[str, Any]])
             ctx.db.update_record(batch["vendor_id"], outcome["record_id"], _record_fields(outcome),
                                  job_id=batch_id, chunk_fields=ctx.settings.db_update_chunk_fields)
     if batch["source"] == "zip":
-        folder = batch_dir(ctx, batch_id)
+        # By path, never by listing the folder: a million-image batch keeps its images there.
         for outcome in outcomes:
-            for path in folder.glob(f"{outcome['seq']}.*"):
-                path.unlink(missing_ok=True)
+            if outcome.get("source"):
+                Path(outcome["source"]).unlink(missing_ok=True)
     refreshed = ctx.db.get_batch(batch_id)
     if refreshed is not None and refreshed["status"] not in (BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING):
         shutil.rmtree(batch_dir(ctx, batch_id), ignore_errors=True)
@@ -313,7 +315,8 @@ def on_chunk_failure(job: Job, connection: Redis, exc_type: type[BaseException] 
     left = ctx.db.pending_items(batch_id, first_seq, last_seq)
     log.warning("job=%s vendor=%s batch=%s chunk %d-%d gave up on %d image(s): %s", job.id, batch["vendor_id"],
                 batch_id, first_seq, last_seq, len(left), message)
-    _record(ctx, batch, [{"seq": item["seq"], "record_id": item["record_id"], "status": ITEM_FAILED,
+    _record(ctx, batch, [{"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
+                          "status": ITEM_FAILED,
                           "error_code": code, "error_message": message[:2000]} for item in left])
     webhooks.notify_batch_if_final(ctx.db, ctx.settings, connection, batch_id, batch)
     metrics.images_finished(connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,

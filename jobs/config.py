@@ -81,7 +81,7 @@ class Settings:
     upload_dir: str = str(ROOT / "var" / "uploads")
     batch_max_upload_bytes: int = 5 * 1024**3
     batch_max_images_per_request: int = 10_000  # add-images list length
-    batch_chunk_size: int = 16  # images per RQ job
+    batch_chunk_size: int = 32  # images per RQ job (measured: 16 -> 0.83, 32 -> 0.85 of the plain-loop limit)
     batch_chunk_timeout_s: int = 600
     # Chunks of one vendor and priority queued or running at once (RQ RateLimit): one vendor's
     # huge batch waits in its own line instead of filling the queue ahead of other vendors.

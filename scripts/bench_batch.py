@@ -286,7 +286,8 @@ class BenchStack:
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         env = stack_env(redis_url=self.redis_url, database_url=f"sqlite:///{tmp / 'bench.sqlite3'}",
                         storage_dir=tmp / "files", port=free_port(),
-                        extra={"LOG_LEVEL": "WARNING", "GUNICORN_ACCESSLOG": "", **(extra_env or {})})
+                        extra={"LOG_LEVEL": "WARNING", "GUNICORN_ACCESSLOG": "", "RATE_LIMIT_ENABLED": "false",
+                               **(extra_env or {})})
         self._cm = running_stack(env, tmp / "logs")
         self.stack = self._cm.__enter__()
         from tests.stack import create_vendor
@@ -301,12 +302,13 @@ class BenchStack:
     def start_workers(self, queues: tuple[str, ...], count: int) -> None:
         from rq import Queue, Worker
 
-        before = len(self.stack.workers)
+        conn = self.redis()
+        queue = Queue(queues[0], connection=conn)
+        before = Worker.count(queue=queue)
         for _ in range(count):
             self.stack.start_worker(*queues)
-        conn = self.redis()
         deadline = time.monotonic() + 60
-        while Worker.count(queue=Queue(queues[0], connection=conn)) < before + count:
+        while Worker.count(queue=queue) < before + count:
             if time.monotonic() > deadline:
                 raise RuntimeError("workers did not start:\n" + self.stack.logs())
             time.sleep(0.1)
@@ -378,6 +380,7 @@ def e2e_zip(photos: list[bytes], count: int, workers: int) -> dict[str, Any]:
         tmp = Path(tmp_name)
         zip_path = tmp / "portraits.zip"
         write_zip(zip_path, ((f"p{i:05d}.jpg", photos[i % len(photos)]) for i in range(count)))
+        zip_mb = zip_path.stat().st_size / 1e6
         bench = BenchStack(tmp)
         try:
             bench.start_workers((contracts.QUEUE_BATCH_INGESTION,), 1)
@@ -391,7 +394,7 @@ def e2e_zip(photos: list[bytes], count: int, workers: int) -> dict[str, Any]:
             bench.close()
     return {"images": batch["imageCount"], "failed": batch["progress"]["failed"], "seconds": elapsed,
             "images_per_s": batch["imageCount"] / elapsed, "status": batch["status"],
-            "zip_mb": zip_path.stat().st_size / 1e6 if zip_path.exists() else None}
+            "zip_mb": zip_mb}
 
 
 def tiny_jpeg() -> bytes:
