@@ -9,20 +9,17 @@ colour (JPEG), or the mask alone (greyscale PNG).
 from __future__ import annotations
 
 import io
-import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from jobs.contracts import RemoveBgOptions
-from jobs.errors import IMAGE_TOO_LARGE, NOT_AN_IMAGE, PermanentJobError
+from jobs.errors import NOT_AN_IMAGE, PermanentJobError
+from jobs.images import DECODE_ERRORS, open_image
 
-ALLOWED_FORMATS = ["JPEG", "PNG", "WEBP"]
 # Modes rembg handles as they are; anything else (CMYK, 16-bit, float) is converted here.
 _PASS_THROUGH_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA"})
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
 JPEG_QUALITY = 92
 
 
@@ -47,34 +44,11 @@ class Output:
     height: int
 
 
-def _open(data: bytes, *, max_pixels: int) -> Image.Image:
-    if not data:
-        raise PermanentJobError("the downloaded file is empty, not an image", code=NOT_AN_IMAGE)
-    try:
-        with warnings.catch_warnings():
-            # The explicit size check below reports this properly; Pillow's warning would not.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError:
-        raise PermanentJobError("image is far larger than the decoder limit; send a smaller photo",
-                                code=IMAGE_TOO_LARGE) from None
-    except UnidentifiedImageError:
-        raise PermanentJobError("the file is not a JPEG, PNG or WebP image", code=NOT_AN_IMAGE) from None
-    except _DECODE_ERRORS as exc:
-        raise PermanentJobError(f"the image cannot be read ({exc})", code=NOT_AN_IMAGE) from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise PermanentJobError(
-            f"image is {width}x{height} = {width * height} pixels, over the {max_pixels}-pixel "
-            "limit (MAX_IMAGE_PIXELS); send a smaller photo", code=IMAGE_TOO_LARGE)
-    if width < 1 or height < 1:
-        raise PermanentJobError(f"image has no pixels ({width}x{height})", code=NOT_AN_IMAGE)
-    return image
 
 
 def prepare(data: bytes, *, max_pixels: int) -> Prepared:
     """Decode fully (refusing damaged or oversized files); re-encode only modes rembg mishandles."""
-    image = _open(data, max_pixels=max_pixels)
+    image = open_image(data, max_pixels)
     kind = (image.format or "image").lower()
     try:
         with warnings.catch_warnings():
@@ -89,7 +63,7 @@ def prepare(data: bytes, *, max_pixels: int) -> Prepared:
             peak = image.getextrema()[1] or 1
             image = image.point(lambda v: v * (255.0 / float(peak))).convert("L")  # type: ignore[arg-type]
         converted = image.convert("RGBA" if image.has_transparency_data else "RGB")
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise PermanentJobError(f"the {kind} data is damaged or truncated ({exc})", code=NOT_AN_IMAGE) from None
     buf = io.BytesIO()
     converted.save(buf, "PNG", compress_level=1)  # lossless; rembg decodes it straight away

@@ -64,19 +64,17 @@ No face
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import struct
 import threading
 import time
-import warnings
-import zlib
 from dataclasses import dataclass, replace
 from typing import Any
 
 from jobs.contracts import MAX_OUTPUT_SIDE, CropOptions
-from jobs.errors import IMAGE_TOO_LARGE, NO_FACE, NOT_AN_IMAGE, PermanentJobError
+from jobs.errors import NO_FACE, NOT_AN_IMAGE, PermanentJobError
+from jobs.images import DECODE_ERRORS, open_image
 
 DEFAULT_MAX_PIXELS = 60_000_000  # same default as Settings.max_image_pixels
 
@@ -86,7 +84,7 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 # One job per core: RQ runs one work-horse per worker, and we scale by adding workers.
 cv2.setNumThreads(1)
@@ -136,7 +134,6 @@ CROWN_ABOVE_BOX = 0.45  # crown = box top - 0.45 h
 CHIN_BELOW_BOX = 0.10  # chin = box bottom + 0.10 h
 HEAD_PER_BOX = 1.0 + CROWN_ABOVE_BOX + CHIN_BELOW_BOX  # head height / box height = 1.55
 
-ALLOWED_FORMATS = ["JPEG", "PNG", "WEBP"]
 _CONTENT_TYPES = {"jpeg": ("image/jpeg", "jpg"), "png": ("image/png", "png"), "webp": ("image/webp", "webp")}
 
 
@@ -196,32 +193,6 @@ class CropResult:
 
 
 # --- decode -------------------------------------------------------------------------------
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Open ``data`` with Pillow (header only) and check its format and pixel count."""
-    if not data:
-        raise PermanentJobError("the downloaded file is empty, not an image", code=NOT_AN_IMAGE)
-    try:
-        with warnings.catch_warnings():
-            # The explicit size check below reports this properly; Pillow's warning would not.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError:
-        raise PermanentJobError(
-            f"image is far larger than the {Image.MAX_IMAGE_PIXELS}-pixel decoder limit; "
-            "send a smaller photo", code=IMAGE_TOO_LARGE) from None
-    except UnidentifiedImageError:
-        raise PermanentJobError(
-            "the file is not a JPEG, PNG or WebP image", code=NOT_AN_IMAGE) from None
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
-        raise PermanentJobError(f"the image cannot be read ({exc})", code=NOT_AN_IMAGE) from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise PermanentJobError(
-            f"image is {width}x{height} = {width * height} pixels, over the {max_pixels}-pixel "
-            "limit (MAX_IMAGE_PIXELS); send a smaller photo", code=IMAGE_TOO_LARGE)
-    if width < 1 or height < 1:
-        raise PermanentJobError(f"image has no pixels ({width}x{height})", code=NOT_AN_IMAGE)
-    return image
 
 
 def _load(image: Image.Image, kind: str) -> np.ndarray:
@@ -240,7 +211,7 @@ def _load(image: Image.Image, kind: str) -> np.ndarray:
         elif image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
         return np.asarray(image)
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
+    except DECODE_ERRORS as exc:
         raise PermanentJobError(
             f"the {kind} data is damaged or truncated ({exc})", code=NOT_AN_IMAGE
         ) from None
@@ -257,7 +228,7 @@ def _to_bgr(pixels: np.ndarray) -> np.ndarray:
 
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Decode JPEG/PNG/WebP bytes to BGR (or BGRA when the source has alpha), EXIF-rotated."""
-    image = _open(data, max_pixels)
+    image = open_image(data, max_pixels)
     return _to_bgr(_load(image, image.format or "image"))
 
 
@@ -288,7 +259,7 @@ class _Photo:
     def __init__(self, data: bytes, max_pixels: int) -> None:
         self._data = data
         self._max_pixels = max_pixels
-        self._image: Image.Image | None = _open(data, max_pixels)
+        self._image: Image.Image | None = open_image(data, max_pixels)
         self.kind = self._image.format or "image"
         stored_w, stored_h = self._image.size
         swapped = _exif_orientation(self._image) in (5, 6, 7, 8)  # transposed or rotated 90/270
@@ -301,7 +272,7 @@ class _Photo:
         JPEG is decoded by libjpeg's DCT scaling at the smallest of 1/8, 1/4, 1/2 or full
         size that is at least ``scale`` (``Image.draft``); other formats at full size.
         """
-        image = self._image if self._image is not None else _open(self._data, self._max_pixels)
+        image = self._image if self._image is not None else open_image(self._data, self._max_pixels)
         self._image = None  # a Pillow image decodes once; another decode reopens the bytes
         if scale < 1.0 and image.format == "JPEG":
             stored_w, stored_h = image.size
