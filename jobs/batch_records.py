@@ -90,7 +90,11 @@ class BatchRecords:
             row = self._fetch_one("SELECT * FROM batches WHERE batch_id = ? AND vendor_id = ?",
                                   (batch_id, vendor_id))
         if row is not None:
+            from .records import _iso
+
             row["options"] = json.loads(row.pop("options_json") or "{}")
+            for column in ("created_at", "updated_at", "completed_at"):
+                row[column] = _iso(row[column])
         return row
 
     def set_batch(self, batch_id: str, *, only_from: tuple[str, ...] = (), **fields: Any) -> bool:

@@ -78,6 +78,7 @@ def test_add_images_chunks_into_the_priority_queue(app: Flask, client: FlaskClie
     assert job.args == (batch_id, 4, 5) and job.func_name == contracts.JOB_PROCESS_CHUNK
     status = client.get(f"/api/batch/status/{batch_id}", headers=auth(app)).get_json()["batch"]
     assert status["status"] == "processing" and status["imageCount"] == 6
+    assert status["createdAt"].endswith("Z") and "T" in status["createdAt"]  # ISO-8601 UTC, like records
     assert status["progress"] == {"processed": 0, "total": 6, "failed": 0, "updatedAt": status["progress"]["updatedAt"]}
     record = connect(app.extensions["image_queue"].settings.database_url).get_record("acme", "r3")
     assert record is not None and record["current_job_id"] == batch_id and record["processing_status"] == "queued"
