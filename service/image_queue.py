@@ -78,6 +78,42 @@ def _accepted(body: dict[str, Any]) -> tuple[Response, int]:
     return jsonify(body), 202
 
 
+# Job kind -> (queue, job function, words for the response message).
+_KINDS = {
+    contracts.KIND_FACE_CROP: (contracts.QUEUE_FACE_CROP, contracts.JOB_CROP_FACE, "face crop"),
+    contracts.KIND_REMOVE_BG: (contracts.QUEUE_BACKGROUND_REMOVAL, contracts.JOB_REMOVE_BACKGROUND,
+                               "background removal"),
+}
+
+
+def _queue_single(kind: str, project_id: str, spec: JobSpec) -> tuple[Response, int]:
+    """Queue one job and answer 202 with its id, status URL and estimate."""
+    queue, func, words = _KINDS[kind]
+    estimate = _submit(queue, func, kind, project_id, [spec])
+    return _accepted({
+        "success": True,
+        "jobId": spec.job_id,
+        "recordId": spec.record_id,
+        "message": f"{words.capitalize()} job queued for processing",
+        "statusUrl": url_for("image_queue.job_status", job_id=spec.job_id),
+        **estimate,
+    })
+
+
+def _queue_bulk(kind: str, project_id: str, specs: list[JobSpec]) -> tuple[Response, int]:
+    """Queue a bulk request's jobs and answer 202 with their ids and the estimate."""
+    queue, func, words = _KINDS[kind]
+    estimate = _submit(queue, func, kind, project_id, specs)
+    return _accepted({
+        "success": True,
+        "jobIds": [spec.job_id for spec in specs],
+        "recordIds": [spec.record_id for spec in specs],
+        "count": len(specs),
+        "message": f"{len(specs)} {words} jobs queued for processing",
+        **estimate,
+    })
+
+
 @bp.post("/crop-face-queue")
 def crop_face_queue() -> tuple[Response, int]:
     """Queue one face crop."""
@@ -92,16 +128,7 @@ def crop_face_queue() -> tuple[Response, int]:
     spec = JobSpec(jobqueue.new_job_id(),
                    _crop_payload(vendor_id, project_id, record_id, url, mode, options.to_dict()),
                    vendor_id, record_id)
-    estimate = _submit(contracts.QUEUE_FACE_CROP, contracts.JOB_CROP_FACE, contracts.KIND_FACE_CROP,
-                       project_id, [spec])
-    return _accepted({
-        "success": True,
-        "jobId": spec.job_id,
-        "recordId": record_id,
-        "message": "Face crop job queued for processing",
-        "statusUrl": url_for("image_queue.job_status", job_id=spec.job_id),
-        **estimate,
-    })
+    return _queue_single(contracts.KIND_FACE_CROP, project_id, spec)
 
 
 @bp.post("/bulk-crop-face")
@@ -130,16 +157,7 @@ def bulk_crop_face() -> tuple[Response, int]:
         specs.append(JobSpec(jobqueue.new_job_id(),
                              _crop_payload(vendor_id, project_id, record_id, url, mode, options),
                              vendor_id, record_id))
-    estimate = _submit(contracts.QUEUE_FACE_CROP, contracts.JOB_CROP_FACE, contracts.KIND_FACE_CROP,
-                       project_id, specs)
-    return _accepted({
-        "success": True,
-        "jobIds": [spec.job_id for spec in specs],
-        "recordIds": [spec.record_id for spec in specs],
-        "count": len(specs),
-        "message": f"{len(specs)} face crop jobs queued for processing",
-        **estimate,
-    })
+    return _queue_bulk(contracts.KIND_FACE_CROP, project_id, specs)
 
 
 def _bg_payload(vendor_id: str, project_id: str, record_id: str, url: str,
@@ -179,16 +197,7 @@ def remove_bg_queue() -> tuple[Response, int]:
     spec = JobSpec(jobqueue.new_job_id(),
                    _bg_payload(vendor_id, project_id, record_id, url, options.to_dict()),
                    vendor_id, record_id)
-    estimate = _submit(contracts.QUEUE_BACKGROUND_REMOVAL, contracts.JOB_REMOVE_BACKGROUND,
-                       contracts.KIND_REMOVE_BG, project_id, [spec])
-    return _accepted({
-        "success": True,
-        "jobId": spec.job_id,
-        "recordId": record_id,
-        "message": "Background removal job queued for processing",
-        "statusUrl": url_for("image_queue.job_status", job_id=spec.job_id),
-        **estimate,
-    })
+    return _queue_single(contracts.KIND_REMOVE_BG, project_id, spec)
 
 
 @bp.post("/bulk-remove-bg")
@@ -204,16 +213,7 @@ def bulk_remove_bg() -> tuple[Response, int]:
     specs = [JobSpec(jobqueue.new_job_id(), _bg_payload(vendor_id, project_id, record_id, url, options),
                      vendor_id, record_id)
              for record_id, url in items]
-    estimate = _submit(contracts.QUEUE_BACKGROUND_REMOVAL, contracts.JOB_REMOVE_BACKGROUND,
-                       contracts.KIND_REMOVE_BG, project_id, specs)
-    return _accepted({
-        "success": True,
-        "jobIds": [spec.job_id for spec in specs],
-        "recordIds": [spec.record_id for spec in specs],
-        "count": len(specs),
-        "message": f"{len(specs)} background removal jobs queued for processing",
-        **estimate,
-    })
+    return _queue_bulk(contracts.KIND_REMOVE_BG, project_id, specs)
 
 
 @bp.get("/job/<job_id>")
