@@ -36,7 +36,7 @@ from .batch_records import (
 from .errors import NO_FACE, JobError, PermanentJobError, TransientJobError
 from .logs import with_job_context
 from .storage import safe_key
-from .tasks import Context, context, describe_failure
+from .tasks import Context, context, settle_failure
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,11 @@ def _write_file(path: Path, data: bytes) -> None:
 def on_ingest_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
                       exc_value: BaseException | None, tb: TracebackType | None) -> None:
     """RQ failure callback of ingest_zip: permanent errors and spent retries fail the batch."""
-    code, message, permanent = describe_failure(exc_value)
-    if permanent:
-        job.retries_left = 0
-    job.meta["error"] = {"code": code, "message": message, "permanent": permanent, "final": not job.should_retry}
-    job.save_meta()  # the dead-letter listing (service/dead_letters.py) filters on this code
+    code, message, final = settle_failure(job, exc_value)
     batch_id, path = job.args[0], job.args[1]
     log.warning("job=%s batch=%s ingestion failed (%s): %s", job.id, batch_id, code, message)
-    metrics.job_failed(connection, job, code, final=not job.should_retry)
-    if job.should_retry:
+    metrics.job_failed(connection, job, code, final=final)
+    if not final:
         return
     ctx = context()
     ctx.db.set_batch(batch_id, status=BATCH_FAILED, error_code=code, error_message=message[:2000],
@@ -299,13 +295,9 @@ def _record_fields(outcome: dict[str, Any]) -> dict[str, Any]:
 def on_chunk_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
                      exc_value: BaseException | None, tb: TracebackType | None) -> None:
     """RQ failure callback of process_chunk: once no retry is left, fail what is still pending."""
-    code, message, permanent = describe_failure(exc_value)
-    if permanent:
-        job.retries_left = 0
-    job.meta["error"] = {"code": code, "message": message, "permanent": permanent, "final": not job.should_retry}
-    job.save_meta()
-    metrics.job_failed(connection, job, code, final=not job.should_retry, count_image=False)
-    if job.should_retry:
+    code, message, final = settle_failure(job, exc_value)
+    metrics.job_failed(connection, job, code, final=final, count_image=False)
+    if not final:
         return
     batch_id, first_seq, last_seq = job.args
     ctx = context()

@@ -208,16 +208,26 @@ def describe_failure(exc: BaseException | None) -> tuple[str, str, bool]:
     return UNEXPECTED_ERROR, f"{type(exc).__name__}: {exc}", False
 
 
+def settle_failure(job: Job, exc: BaseException | None) -> tuple[str, str, bool]:
+    """In an RQ failure callback: stop retries for a permanent error and record it in job meta.
+
+    Returns (code, message, final); RQ reads ``retries_left`` right after the callback, so a
+    permanent error is never retried. Job status and the dead-letter listing read meta.error.
+    """
+    code, message, permanent = describe_failure(exc)
+    if permanent:
+        job.retries_left = 0
+    final = not job.should_retry
+    job.meta["error"] = {"code": code, "message": message, "permanent": permanent, "final": final}
+    job.save_meta()
+    return code, message, final
+
+
 @with_job_context
 def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
                    exc_value: BaseException | None, tb: TracebackType | None) -> None:
     """RQ failure callback: stop retries for permanent errors; record the final failure."""
-    code, message, permanent = describe_failure(exc_value)
-    if permanent:
-        job.retries_left = 0  # RQ reads this right after the callback: no retry
-    final = not job.should_retry
-    job.meta["error"] = {"code": code, "message": message, "permanent": permanent, "final": final}
-    job.save_meta()
+    code, message, final = settle_failure(job, exc_value)
     payload = (job.kwargs or {}).get("payload") or {}
     vendor_id, record_id = payload.get("vendorId"), payload.get("recordId")
     log.warning("job=%s vendor=%s record=%s failed (%s%s): %s", job.id, vendor_id, record_id, code,
