@@ -20,23 +20,15 @@ from jobs import contracts
 from jobs.records import connect
 from service import create_app
 from service.auth import create_api_key
+from tests.service.apps import vendor_app
 
 URL = "http://photos.example.com/a.jpg"
 
 
 @pytest.fixture
 def app(redis_conn: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[Flask]:
-    db_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    db = connect(db_url)
-    db.migrate()
-    for vendor in ("acme", "globex"):
-        db.create_vendor(vendor, vendor.title())
-    app = create_app({"redis_url": redis_url, "database_url": db_url, "storage_dir": str(tmp_path / "files"),
-                      "bulk_max_items": 5})
-    app.config["KEYS"] = {vendor: create_api_key(db, vendor) for vendor in ("acme", "globex")}
-    yield app
-    app.extensions["image_queue"].close()
-    db.close()
+    with vendor_app(redis_url, tmp_path, storage_dir=str(tmp_path / "files"), bulk_max_items=5) as app:
+        yield app
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from rq.job import Job
 from jobs import contracts
 from jobs.batch_plan import chunk_job_id
 from jobs.records import connect
-from service import create_app
-from service.auth import create_api_key
+from tests.service.apps import vendor_app
 from tests.service.test_api import assert_error
 
 URL = "http://photos.example.com/p.jpg"
@@ -30,18 +29,10 @@ URL = "http://photos.example.com/p.jpg"
 
 @pytest.fixture
 def app(redis_conn: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[Flask]:
-    db_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    db = connect(db_url)
-    db.migrate()
-    for vendor in ("acme", "globex"):
-        db.create_vendor(vendor, vendor.title())
-    app = create_app({"redis_url": redis_url, "database_url": db_url, "upload_dir": str(tmp_path / "uploads"),
-                      "batch_chunk_size": 4, "batch_vendor_concurrency": 2, "batch_max_images_per_request": 50,
-                      "batch_max_upload_bytes": 200_000})
-    app.config["KEYS"] = {vendor: create_api_key(db, vendor) for vendor in ("acme", "globex")}
-    yield app
-    app.extensions["image_queue"].close()
-    db.close()
+    with vendor_app(redis_url, tmp_path, upload_dir=str(tmp_path / "uploads"), batch_chunk_size=4,
+                    batch_vendor_concurrency=2, batch_max_images_per_request=50,
+                    batch_max_upload_bytes=200_000) as app:
+        yield app
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from rq import Queue
 from rq.job import Job
 
 from jobs import contracts
-from jobs.records import connect
-from service import create_app, idempotency
-from service.auth import create_api_key
+from jobs.records import Database
+from service import idempotency
 from service.webhooks import create_webhook_secret
+from tests.service.apps import vendor_app
 from tests.service.test_api import assert_error
 
 URL = "http://photos.example.com/a.jpg"
@@ -31,19 +31,13 @@ HOOK = "https://hooks.example.com/image-queue"
 
 @pytest.fixture
 def app(redis_conn: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[Flask]:
-    db_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    db = connect(db_url)
-    db.migrate()
-    for vendor in ("acme", "globex", "nosecret"):
-        db.create_vendor(vendor, vendor.title())
-    create_webhook_secret(db, "acme")
-    create_webhook_secret(db, "globex")
-    app = create_app({"redis_url": redis_url, "database_url": db_url, "upload_dir": str(tmp_path / "uploads"),
-                      "rate_limit_enabled": False})
-    app.config["KEYS"] = {vendor: create_api_key(db, vendor) for vendor in ("acme", "globex", "nosecret")}
-    yield app
-    app.extensions["image_queue"].close()
-    db.close()
+    def secrets(db: Database) -> None:
+        create_webhook_secret(db, "acme")
+        create_webhook_secret(db, "globex")
+
+    with vendor_app(redis_url, tmp_path, ("acme", "globex", "nosecret"), prepare=secrets,
+                    upload_dir=str(tmp_path / "uploads"), rate_limit_enabled=False) as app:
+        yield app
 
 
 @pytest.fixture
