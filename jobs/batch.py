@@ -174,6 +174,12 @@ def on_ingest_failure(job: Job, connection: Redis, exc_type: type[BaseException]
                      only_from=(BATCH_QUEUED, BATCH_INGESTING))
     webhooks.notify_batch_if_final(ctx.db, ctx.settings, connection, batch_id)
     Path(path).unlink(missing_ok=True)
+    # Images extracted before the failure but never chunked (a cut ZIP) have no job left to
+    # remove them; once every queued image is processed nothing needs the folder (else the
+    # last chunk's _record removes it, seeing the batch failed).
+    batch = ctx.db.get_batch(batch_id)
+    if batch is not None and int(batch["processed"]) >= int(batch["queued"]):
+        shutil.rmtree(batch_dir(ctx, batch_id), ignore_errors=True)
 
 
 def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any]:
@@ -187,6 +193,7 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
     batch = ctx.db.get_batch(batch_id)
     if batch is None:
         raise PermanentJobError(f"batch {batch_id} does not exist", code=BATCH_NOT_FOUND)
+    _mirror_unmirrored(ctx, batch, first_seq, last_seq)
     items = ctx.db.pending_items(batch_id, first_seq, last_seq)
     if not items:  # a re-run after everything was recorded
         ctx.db.finish_batch_if_done(batch_id)
@@ -264,10 +271,7 @@ def _record(ctx: Context, batch: dict[str, Any], outcomes: list[dict[str, Any]])
         return
     batch_id = batch["batch_id"]
     ctx.db.record_item_outcomes(batch_id, outcomes)
-    for outcome in outcomes:
-        if outcome.get("record_id"):
-            ctx.db.update_record(batch["vendor_id"], outcome["record_id"], _record_fields(outcome),
-                                 job_id=batch_id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    _mirror_records(ctx, batch, outcomes)
     if batch["source"] == "zip":
         # By path, never by listing the folder: a million-image batch keeps its images there.
         for outcome in outcomes:
@@ -276,6 +280,30 @@ def _record(ctx: Context, batch: dict[str, Any], outcomes: list[dict[str, Any]])
     refreshed = ctx.db.get_batch(batch_id)
     if refreshed is not None and refreshed["status"] not in (BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING):
         shutil.rmtree(batch_dir(ctx, batch_id), ignore_errors=True)
+
+
+def _mirror_records(ctx: Context, batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
+    """Copy item outcomes to the vendor's record rows (URL batches; only rows still the batch's)."""
+    for outcome in outcomes:
+        if outcome.get("record_id"):
+            ctx.db.update_record(batch["vendor_id"], outcome["record_id"], _record_fields(outcome),
+                                 job_id=batch["batch_id"], chunk_fields=ctx.settings.db_update_chunk_fields)
+
+
+def _mirror_unmirrored(ctx: Context, batch: dict[str, Any], first_seq: int, last_seq: int) -> int:
+    """Finish an earlier run that recorded items but lost the database before mirroring them."""
+    if batch["source"] != "urls":
+        return 0
+    outcomes = ctx.db.unmirrored_outcomes(batch["batch_id"], batch["vendor_id"], first_seq, last_seq)
+    _mirror_records(ctx, batch, outcomes)
+    return len(outcomes)
+
+
+def mirror_batch_records(batch_id: str) -> int:
+    """Copy every finished item's outcome to its record row still left unfinished (``reconcile``)."""
+    ctx = context()
+    batch = ctx.db.get_batch(batch_id)
+    return 0 if batch is None else _mirror_unmirrored(ctx, batch, 0, 2**31 - 1)
 
 
 def _record_fields(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -300,16 +328,24 @@ def on_chunk_failure(job: Job, connection: Redis, exc_type: type[BaseException] 
     if not final:
         return
     batch_id, first_seq, last_seq = job.args
+    left = fail_pending_items(connection, batch_id, first_seq, last_seq, code, message)
+    log.warning("job=%s batch=%s chunk %d-%d gave up on %d image(s): %s", job.id, batch_id, first_seq,
+                last_seq, left, message)
+
+
+def fail_pending_items(connection: Redis, batch_id: str, first_seq: int, last_seq: int, code: str,
+                       message: str) -> int:
+    """Fail a chunk range's still-pending items with one error (its job is over); returns how many."""
     ctx = context()
     batch = ctx.db.get_batch(batch_id)
     if batch is None:
-        return
+        return 0
+    _mirror_unmirrored(ctx, batch, first_seq, last_seq)
     left = ctx.db.pending_items(batch_id, first_seq, last_seq)
-    log.warning("job=%s vendor=%s batch=%s chunk %d-%d gave up on %d image(s): %s", job.id, batch["vendor_id"],
-                batch_id, first_seq, last_seq, len(left), message)
     _record(ctx, batch, [{"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                           "status": ITEM_FAILED,
                           "error_code": code, "error_message": message[:2000]} for item in left])
     webhooks.notify_batch_if_final(ctx.db, ctx.settings, connection, batch_id, batch)
     metrics.images_finished(connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
                             completed=0, failed=len(left))
+    return len(left)

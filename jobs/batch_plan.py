@@ -7,6 +7,7 @@ ingestion job never queues a chunk twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from redis import Redis
 from rq import Callback, Queue, RateLimit, Retry
@@ -35,14 +36,23 @@ def ingest_job_id(batch_id: str) -> str:
     return f"{batch_id}-ingest"
 
 
+def zip_path(upload_dir: str, batch_id: str) -> Path:
+    """Where an accepted ZIP waits for its ingestion job (UPLOAD_DIR, shared by API and workers)."""
+    return Path(upload_dir) / "zips" / f"{batch_id}.zip"
+
+
 def chunk_ranges(seqs: list[int], size: int) -> list[tuple[int, int]]:
     """(first, last) inclusive seq ranges covering ``seqs`` (sorted) in groups of ``size``."""
     return [(seqs[i], seqs[min(i + size, len(seqs)) - 1]) for i in range(0, len(seqs), size)]
 
 
-def enqueue_chunk(redis: Redis, batch: BatchRef, first_seq: int, last_seq: int, settings: Settings) -> bool:
-    """Queue one chunk job unless it already exists; returns True if it was queued now."""
-    job_id = chunk_job_id(batch.batch_id, first_seq)
+def enqueue_chunk(redis: Redis, batch: BatchRef, first_seq: int, last_seq: int, settings: Settings, *,
+                  job_id: str | None = None) -> bool:
+    """Queue one chunk job unless it already exists; returns True if it was queued now.
+
+    ``job_id`` overrides the fixed id (``reconcile`` re-queues a range whose old job is over).
+    """
+    job_id = job_id or chunk_job_id(batch.batch_id, first_seq)
     if Job.exists(job_id, connection=redis):
         return False
     queue = Queue(contracts.face_detection_queue(batch.priority), connection=redis)

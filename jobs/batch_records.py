@@ -69,6 +69,7 @@ class BatchRecords:
         def _run(self, work: Callable[[Any], T], *, size: int = 0) -> T: ...
         def _transaction(self, work: Callable[[Any], T]) -> T: ...
         def _fetch_one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None: ...
+        def _fetch_all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]: ...
         def _write(self, sql: str, params: tuple[Any, ...] = (), *, size: int = 0) -> int: ...
 
     def create_batch(self, batch_id: str, vendor_id: str, project_id: str, *, source: str,
@@ -133,12 +134,22 @@ class BatchRecords:
 
     def pending_items(self, batch_id: str, first_seq: int, last_seq: int) -> list[dict[str, Any]]:
         """Items of ``batch_id`` with first_seq <= seq <= last_seq still pending, in order."""
-        def work(cur: Any) -> list[dict[str, Any]]:
-            self._execute(cur, "SELECT seq, record_id, entry_name, source, attempts FROM batch_items"
+        return self._fetch_all("SELECT seq, record_id, entry_name, source, attempts FROM batch_items"
                                " WHERE batch_id = ? AND seq BETWEEN ? AND ? AND status = ? ORDER BY seq",
-                          (batch_id, first_seq, last_seq, ITEM_PENDING))
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+                               (batch_id, first_seq, last_seq, ITEM_PENDING))
+
+    def open_batches(self, updated_before: str) -> list[dict[str, Any]]:
+        """Batches not finished yet and unchanged since ``updated_before`` (``reconcile`` checks them)."""
+        return self._fetch_all("SELECT batch_id, vendor_id, priority, status, source FROM batches"
+                               " WHERE status IN (?, ?, ?) AND updated_at < ? ORDER BY created_at",
+                               (BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING, updated_before))
+
+    def pending_seqs(self, batch_id: str, *, after_seq: int = -1, limit: int = 5000) -> list[int]:
+        """Seqs of the batch's pending items after ``after_seq``, in order (keyset pages)."""
+        def work(cur: Any) -> list[int]:
+            self._execute(cur, "SELECT seq FROM batch_items WHERE batch_id = ? AND status = ? AND seq > ?"
+                               " ORDER BY seq LIMIT ?", (batch_id, ITEM_PENDING, after_seq, limit))
+            return [int(row[0]) for row in cur.fetchall()]
         return self._run(work)
 
     def count_attempt(self, batch_id: str, seqs: list[int]) -> None:
@@ -175,15 +186,36 @@ class BatchRecords:
             return processed, failed
         return self._transaction(work)
 
+    def unmirrored_outcomes(self, batch_id: str, vendor_id: str, first_seq: int,
+                            last_seq: int) -> list[dict[str, Any]]:
+        """Finished items of a chunk range whose record row, still the batch's, never got the outcome.
+
+        A chunk writes its items (one transaction) and then mirrors them to the vendor's record
+        rows; if the database goes away in between, the retry finds those items no longer
+        pending and would leave their records ``queued`` for ever. The retry mirrors these
+        first. Rows are shaped like ``record_item_outcomes``' input (face_box decoded).
+        """
+        def work(cur: Any) -> list[dict[str, Any]]:
+            self._execute(cur, "SELECT i.seq, i.record_id, i.status, i.output_url, i.face_detected, i.face_count,"
+                               " i.face_box, i.output_width, i.output_height, i.error_code, i.error_message"
+                               " FROM batch_items i JOIN data_records r"
+                               " ON r.vendor_id = ? AND r.record_id = i.record_id AND r.current_job_id = i.batch_id"
+                               " WHERE i.batch_id = ? AND i.seq BETWEEN ? AND ? AND i.status IN (?, ?)"
+                               " AND r.processing_status IN ('queued', 'processing') ORDER BY i.seq",
+                          (vendor_id, batch_id, first_seq, last_seq, ITEM_COMPLETED, ITEM_FAILED))
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            for row in rows:
+                row["face_detected"] = None if row["face_detected"] is None else bool(row["face_detected"])
+                row["face_box"] = json.loads(row["face_box"]) if row["face_box"] else None
+            return rows
+        return self._run(work)
+
     def failed_items(self, batch_id: str, first_seq: int, last_seq: int, error_code: str) -> list[dict[str, Any]]:
         """Items of a chunk range that failed with ``error_code`` (a dead chunk's leftovers), in order."""
-        def work(cur: Any) -> list[dict[str, Any]]:
-            self._execute(cur, "SELECT seq, record_id, source FROM batch_items WHERE batch_id = ?"
+        return self._fetch_all("SELECT seq, record_id, source FROM batch_items WHERE batch_id = ?"
                                " AND seq BETWEEN ? AND ? AND status = ? AND error_code = ? ORDER BY seq",
-                          (batch_id, first_seq, last_seq, ITEM_FAILED, error_code))
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        return self._run(work)
+                               (batch_id, first_seq, last_seq, ITEM_FAILED, error_code))
 
     def reopen_items(self, batch_id: str, seqs: list[int], error_code: str) -> list[int]:
         """Put failed items back to pending for a requeued chunk; returns the seqs reopened.

@@ -60,6 +60,8 @@ class Settings:
     job_retry_intervals_s: tuple[int, ...] = (2, 4, 8)
     job_result_ttl_s: int = 7 * 24 * 3600
     job_failure_ttl_s: int = 30 * 24 * 3600
+    # Seconds past a job's heartbeat interval before RQ may call it abandoned (RQ's own is 60).
+    worker_heartbeat_grace_s: int = 60
     bulk_max_items: int = 100
     # Max fields per UPDATE statement; halves on MySQL's packet-too-large error.
     db_update_chunk_fields: int = 10
@@ -95,6 +97,11 @@ class Settings:
 
     # --- web tier ----------------------------------------------------------------------
     max_json_bytes: int = 1 * 1024 * 1024
+    # Socket timeouts of the API's REDIS_URL client: the longest one hung Redis call holds a
+    # request before its 503 (service/redis_breaker.py then fails the rest at once).
+    api_redis_timeout_s: float = 0.25
+    # After a Redis call failed, an API process answers 503 at once for this long, then probes.
+    api_redis_cooldown_s: float = 1.0
     secret_key: str = field(default="", repr=False)
 
     # --- rate limits (service/limits.py; README "Rate limits") ---------------------------
@@ -110,7 +117,7 @@ class Settings:
     # Redis holding the counters, shared by every Gunicorn worker and API host; empty: REDIS_URL.
     rate_limit_storage_url: str = ""
     # Socket timeouts of that Redis: a hung Redis costs a request at most this long (then 503).
-    rate_limit_storage_timeout_s: float = 0.5
+    rate_limit_storage_timeout_s: float = 0.25
     # How long an API process reuses a vendor's overrides before reading them again.
     rate_limit_override_cache_s: float = 10.0
     # Proxies in front of the API whose X-Forwarded-For entries are trusted (0: use the peer).

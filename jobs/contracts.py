@@ -68,6 +68,11 @@ DURATIONS_KEPT = 200
 KIND_FACE_CROP = "face_crop"
 KIND_REMOVE_BG = "remove_bg"
 KIND_BATCH_FACE_CROP = "batch_face_crop"
+# Single-job kinds -> (queue, job function): the API queues them, `reconcile` re-queues them.
+SINGLE_JOB_KINDS = {
+    KIND_FACE_CROP: (QUEUE_FACE_CROP, JOB_CROP_FACE),
+    KIND_REMOVE_BG: (QUEUE_BACKGROUND_REMOVAL, JOB_REMOVE_BACKGROUND),
+}
 
 # --- record statuses ------------------------------------------------------------------------
 STATUS_QUEUED = "queued"

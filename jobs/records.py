@@ -27,7 +27,7 @@ from jobs.errors import DATABASE_UNAVAILABLE, RECORD_TOO_LARGE, PermanentJobErro
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # 2: vendors.webhook_secret, batches.callback_url (_ADDED_COLUMNS)
+SCHEMA_VERSION = 3  # 2: vendors.webhook_secret, batches.callback_url; 3: data_records.job_payload
 CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -74,6 +74,8 @@ _TABLES += BATCH_TABLES
 _ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("vendors", "webhook_secret", "VARCHAR(128) NULL"),  # HMAC key of the vendor's completion webhooks
     ("batches", "callback_url", "TEXT NULL"),  # the batch's completion webhook (README "Clients")
+    # The queued job's payload (JSON), so `reconcile` can queue it again when Redis lost it.
+    ("data_records", "job_payload", "TEXT NULL"),
 ]
 
 # Error kinds returned by a dialect's classify().
@@ -411,6 +413,13 @@ class Database(BatchRecords):
             return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
         return self._run(work)
 
+    def _fetch_all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        def work(cur: Any) -> list[dict[str, Any]]:
+            self._execute(cur, sql, params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return self._run(work)
+
     def _write(self, sql: str, params: tuple[Any, ...] = (), *, size: int = 0) -> int:
         return int(self._run(lambda cur: self._execute(cur, sql, params).rowcount, size=size))
 
@@ -563,30 +572,43 @@ class Database(BatchRecords):
     # --- records -----------------------------------------------------------------------------
     def _queue_sql(self) -> str:
         d = self.dialect
-        copied = ["project_id", "processing_status", "job_kind", "current_job_id", "source_url", "updated_at"]
+        copied = ["project_id", "processing_status", "job_kind", "current_job_id", "source_url", "job_payload",
+                  "updated_at"]
         sets = [f"{c} = {d.inserted(c)}" for c in copied] + [f"{c} = NULL" for c in _RESULT_COLUMNS]
         return (
             "INSERT INTO data_records (vendor_id, project_id, record_id, processing_status, job_kind,"
-            " current_job_id, source_url, attempts, created_at, updated_at)"
-            " VALUES (?, ?, ?, 'queued', ?, ?, ?, 0, ?, ?) "
+            " current_job_id, source_url, job_payload, attempts, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 0, ?, ?) "
             f"{d.upsert_clause('vendor_id, record_id')} " + ", ".join(sets + ["attempts = 0"])
         )
 
     def queue_record(self, vendor_id: str, project_id: str, record_id: str, *,
-                     job_id: str, job_kind: str, source_url: str | None) -> None:
+                     job_id: str, job_kind: str, source_url: str | None,
+                     payload: dict[str, Any] | None = None) -> None:
         """Create the record queued for job_id, or reset an existing one to queued for it (one upsert)."""
-        now = _now()
-        self._write(self._queue_sql(),
-                    (vendor_id, project_id, record_id, job_kind, job_id, source_url, now, now))
+        self.queue_records(vendor_id, project_id, [(record_id, job_id, source_url)], job_kind=job_kind,
+                           payloads=[payload])
 
     def queue_records(self, vendor_id: str, project_id: str, rows: list[tuple[str, str, str | None]], *,
-                      job_kind: str) -> None:
-        """queue_record for many (record_id, job_id, source_url) rows in one transaction."""
+                      job_kind: str, payloads: list[dict[str, Any] | None] | None = None) -> None:
+        """queue_record for many (record_id, job_id, source_url) rows in one transaction.
+
+        ``payloads`` (one per row) are the jobs' payloads, kept so that ``reconcile`` can queue
+        a job again after Redis lost it.
+        """
         if not rows:
             return
         now = _now()
-        params = [(vendor_id, project_id, rec, job_kind, job, url, now, now) for rec, job, url in rows]
+        texts = [json.dumps(p, sort_keys=True) if p is not None else None for p in (payloads or [None] * len(rows))]
+        params = [(vendor_id, project_id, rec, job_kind, job, url, text, now, now)
+                  for (rec, job, url), text in zip(rows, texts, strict=True)]
         self._transaction(lambda cur: self._execute(cur, self._queue_sql(), params, many=True))
+
+    def unsettled_records(self, updated_before: str, *, after_id: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        """Records still queued or processing, last changed before ``updated_before``, by id (keyset pages)."""
+        return self._fetch_all("SELECT id, vendor_id, record_id, processing_status, job_kind, current_job_id,"
+                               " job_payload FROM data_records WHERE processing_status IN ('queued', 'processing')"
+                               " AND updated_at < ? AND id > ? ORDER BY id LIMIT ?", (updated_before, after_id, limit))
 
     def get_record(self, vendor_id: str, record_id: str) -> dict[str, Any] | None:
         """The vendor's record (timestamps ISO-8601, face_box decoded), or None."""

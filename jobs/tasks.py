@@ -20,12 +20,13 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from . import contracts, metrics, webhooks
 from .config import Settings
-from .errors import JOB_TIMEOUT, JobError, PermanentJobError
+from .errors import JOB_TIMEOUT, WORKER_DIED, JobError, PermanentJobError
 from .logs import with_job_context
 from .records import Database, connect
 from .storage import Storage, safe_key, storage_from_settings
@@ -205,6 +206,9 @@ def describe_failure(exc: BaseException | None) -> tuple[str, str, bool]:
         return exc.code, exc.message, exc.permanent
     if isinstance(exc, JobTimeoutException):
         return JOB_TIMEOUT, f"the job took longer than its timeout (JOB_TIMEOUT_S): {exc}", False
+    if isinstance(exc, AbandonedJobError):
+        return (WORKER_DIED, "the worker running this job stopped sending heartbeats (killed, or lost "
+                "Redis) and the job was found abandoned", False)
     return UNEXPECTED_ERROR, f"{type(exc).__name__}: {exc}", False
 
 

@@ -23,7 +23,7 @@ from flask import Blueprint, Request, Response, current_app, jsonify, request, s
 from redis.exceptions import RedisError
 
 from jobs import contracts, metrics
-from jobs.batch_plan import BatchRef, chunk_ranges, enqueue_chunk, enqueue_ingest
+from jobs.batch_plan import BatchRef, chunk_ranges, enqueue_chunk, enqueue_ingest, zip_path
 from jobs.batch_records import BATCH_FAILED, BATCH_PROCESSING, BATCH_QUEUED, ITEM_PENDING
 from jobs.contracts import validate_crop_options, validate_id, validate_mode, validate_photo_url, validate_priority
 
@@ -65,7 +65,8 @@ def new_batch_id() -> str:
 
 
 def _discard_uploads() -> None:
-    for storage in request.files.values():
+    # items(multi=True): a second file part under the same name is on disk too (values() skips it).
+    for _name, storage in request.files.items(multi=True):
         name = getattr(storage.stream, "name", None)
         storage.close()
         if isinstance(name, str):
@@ -76,7 +77,7 @@ def _batch_options(mode: str, raw: Any) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw) if raw.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
             raise ValidationError("options", "must be a JSON object") from None
     return validated(validate_crop_options, mode, raw).to_dict()
 
@@ -119,7 +120,7 @@ def _accept_zip(b: Any) -> tuple[Response, int]:
         raise UnsupportedMediaType(f"'file' is not a ZIP archive (it starts with {head!r}); upload a .zip",
                                    error_code="NOT_A_ZIP")
     batch_id = new_batch_id()
-    target = Path(settings.upload_dir) / "zips" / f"{batch_id}.zip"
+    target = zip_path(settings.upload_dir, batch_id)
     target.parent.mkdir(parents=True, exist_ok=True)
     assert isinstance(temp_name, str)
     upload.stream.close()

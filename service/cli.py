@@ -11,6 +11,8 @@
   demo-key PATH                 ensure vendor 'demo' exists, give it a new key, write it to PATH
   dead-letters list|requeue|delete [--queue Q] [--vendor V] [--code C] [--job-id ID ...]
                                 failed jobs, listed or requeued/deleted in bulk
+  reconcile [--older-than S] [--dry-run]
+                                queue again what the database says is unfinished but Redis lost
 """
 from __future__ import annotations
 
@@ -177,9 +179,28 @@ def demo_key(path: Path) -> None:
 cli.add_command(dead_letters)  # dead-letters list | requeue | delete (service/dead_letters_cli.py)
 
 
+@cli.command()
+@click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="only rows unchanged for this many seconds (leave just-submitted work alone)")
+@click.option("--dry-run", is_flag=True, help="report what would be done; change nothing")
+def reconcile(older_than: float, dry_run: bool) -> None:
+    """Queue again the unfinished records and batch images whose jobs Redis lost (service/reconcile.py)."""
+    import json
+
+    import redis
+
+    from .reconcile import reconcile as run_reconcile
+
+    settings = Settings.from_env()
+    conn = redis.Redis.from_url(settings.redis_url)
+    result = run_reconcile(_db(), conn, settings, older_than_s=older_than, dry_run=dry_run)
+    click.echo(json.dumps({"dryRun": dry_run, **result.summary()}, sort_keys=True))
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="python -m service.cli")
+
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 Nothing connects at import time. ``init_app`` stores a ``Backends`` holder on the app; the
 Redis client and database open lazily on first use inside each Gunicorn worker process.
-Redis gets short socket timeouts so that a hung Redis turns into a quick 503, not a hang.
+Redis gets short socket timeouts (``API_REDIS_TIMEOUT_S``) and a per-process circuit breaker
+(service/redis_breaker.py, ``API_REDIS_COOLDOWN_S``) so that a down or hung Redis turns into a
+quick 503, not a hang: after one failed call, the rest of the request and the requests that
+follow fail at once until a probe finds Redis answering again.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import redis
@@ -16,8 +20,7 @@ from jobs import contracts
 from jobs.config import Settings
 from jobs.records import Database, DatabaseUnavailable, connect
 
-# Seconds a Redis call may take before the API gives up and answers 503.
-REDIS_SOCKET_TIMEOUT_S = 0.5
+from .redis_breaker import RedisBreaker, guarded_pool, ping_probe
 
 
 @dataclass
@@ -28,16 +31,27 @@ class Backends:
     _redis: redis.Redis | None = None
     _db: Database | None = None
     _queues: dict[str, Queue] = field(default_factory=dict)
+    _breakers: dict[str, RedisBreaker] = field(default_factory=dict)
+    _breakers_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def breaker(self, url: str, timeout_s: float) -> RedisBreaker:
+        """This app's breaker for the Redis at ``url`` (one per URL: the queues' client and the
+        rate limiter's storage share it when they use the same Redis)."""
+        with self._breakers_lock:
+            if url not in self._breakers:
+                self._breakers[url] = RedisBreaker(url.rsplit("@", 1)[-1], self.settings.api_redis_cooldown_s,
+                                                   ping_probe(url, timeout_s))
+            return self._breakers[url]
+
+    def redis_pool(self, url: str, timeout_s: float) -> redis.ConnectionPool:
+        """A connection pool for ``url`` behind its breaker, with ``timeout_s`` socket timeouts."""
+        return guarded_pool(url, self.breaker(url, timeout_s), timeout_s, health_check_interval=30)
 
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(
-                self.settings.redis_url,
-                socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-                socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-                health_check_interval=30,
-            )
+            pool = self.redis_pool(self.settings.redis_url, self.settings.api_redis_timeout_s)
+            self._redis = redis.Redis(connection_pool=pool)
         return self._redis
 
     @property
@@ -50,6 +64,7 @@ class Backends:
         """Close the Redis pool and the database connection (tests; process exit does it otherwise)."""
         if self._redis is not None:
             self._redis.close()
+            self._redis.connection_pool.disconnect()
             self._redis = None
         if self._db is not None:
             self._db.close()

@@ -117,7 +117,7 @@ def fingerprint(max_upload_bytes: int) -> str:
 
 def _discard_uploads() -> None:
     """Delete what the form parser wrote for a request whose view will not run."""
-    for upload in request.files.values():
+    for _name, upload in request.files.items(multi=True):  # values() would skip a repeated field name
         name = getattr(upload.stream, "name", None)
         upload.close()
         if isinstance(name, str):

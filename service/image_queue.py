@@ -48,7 +48,7 @@ def _submit(queue_name: str, func: str, kind: str, project_id: str, specs: list[
         for spec in specs:
             spec.payload["callbackUrl"] = callback
     rows = [(spec.record_id, spec.job_id, spec.payload["photoUrl"]) for spec in specs]
-    b.db.queue_records(vendor_id, project_id, rows, job_kind=kind)
+    b.db.queue_records(vendor_id, project_id, rows, job_kind=kind, payloads=[spec.payload for spec in specs])
     queue = b.queue(queue_name)
     try:
         jobqueue.enqueue_jobs(queue, func, specs, b.settings)
@@ -80,9 +80,8 @@ def _accepted(body: dict[str, Any]) -> tuple[Response, int]:
 
 # Job kind -> (queue, job function, words for the response message).
 _KINDS = {
-    contracts.KIND_FACE_CROP: (contracts.QUEUE_FACE_CROP, contracts.JOB_CROP_FACE, "face crop"),
-    contracts.KIND_REMOVE_BG: (contracts.QUEUE_BACKGROUND_REMOVAL, contracts.JOB_REMOVE_BACKGROUND,
-                               "background removal"),
+    kind: (*contracts.SINGLE_JOB_KINDS[kind], words)
+    for kind, words in ((contracts.KIND_FACE_CROP, "face crop"), (contracts.KIND_REMOVE_BG, "background removal"))
 }
 
 

@@ -87,11 +87,12 @@ def enqueue_jobs(queue: Queue, func: str, specs: list[JobSpec], settings: Settin
 
 def fetch_job(redis: Redis, job_id: str, vendor_id: str) -> Job | None:
     """The job if it exists and belongs to ``vendor_id`` (another vendor's job reads as absent)."""
-    if not contracts.ID_PATTERN.match(job_id):
+    # ':' makes RQ read "<id>:<execution>" as job <id> (an alias); our job ids never hold one.
+    if not contracts.ID_PATTERN.match(job_id) or ":" in job_id:
         return None
     try:
         job = Job.fetch(job_id, connection=redis)
-    except NoSuchJobError:
+    except (NoSuchJobError, ValueError):  # ValueError: RQ refuses ids with '.' or '@' (ID_PATTERN allows them)
         return None
     if job.meta.get("vendor_id") != vendor_id:
         return None

@@ -27,10 +27,13 @@ seconds, at which the window resets, as the seed shows) describe the limit that 
 request, else the one with the least quota left; a 429 also carries ``Retry-After`` (seconds).
 Flask-Limiter's own headers are off: they describe the limit with the shortest window instead.
 
-Redis down or hung: the storage has socket timeouts (``RATE_LIMIT_STORAGE_TIMEOUT_S``), errors are
-neither swallowed nor sent to an in-memory fallback (per-process counters would multiply every
-limit by the number of processes, and queueing needs Redis anyway): a limited request answers 503
-with ``Retry-After`` after at most one timeout. Health stays unlimited and reports Redis down.
+Redis down or hung: the storage has socket timeouts (``RATE_LIMIT_STORAGE_TIMEOUT_S``), no retry
+backoff, and its connections go through the app's Redis circuit breaker (service/redis_breaker.py),
+so after one failed call every later one fails at once until a probe succeeds. Errors are neither
+swallowed nor sent to an in-memory fallback (per-process counters would multiply every limit by
+the number of processes, and queueing needs Redis anyway): a limited request answers 503 with
+``Retry-After`` after at most one timeout, usually at once. Health stays unlimited and reports
+Redis down.
 """
 from __future__ import annotations
 
@@ -325,9 +328,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     if not settings.rate_limit_enabled:
         log.warning("RATE_LIMIT_ENABLED is off: no request is rate limited")
         return
-    timeout = settings.rate_limit_storage_timeout_s
-    storage_options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                                       "wrap_exceptions": True}
+    storage_url = settings.rate_limit_storage_url or settings.redis_url
+    # The counters' connections go through the app's Redis circuit breaker (service/redis_breaker.py),
+    # shared with the queues' client when both use the same Redis: one timeout opens it for both.
+    pool = app.extensions["image_queue"].redis_pool(storage_url, settings.rate_limit_storage_timeout_s)
+    storage_options: dict[str, Any] = {"connection_pool": pool, "wrap_exceptions": True}
     limiter = Limiter(
         key_func=client_ip,
         application_limits=[ApplicationLimit(limit_provider=defaults[GLOBAL], key_function=client_ip,
@@ -336,7 +341,7 @@ def init_app(app: Flask, settings: Settings) -> None:
                               scope=category, shared=True, exempt_when=_not_applicable(category))
                         for category in VENDOR_CATEGORIES],
         strategy="fixed-window",
-        storage_uri=settings.rate_limit_storage_url or settings.redis_url,
+        storage_uri=storage_url,
         storage_options=storage_options,
         headers_enabled=False,
         swallow_errors=False,

@@ -30,6 +30,8 @@ def test_procfile_has_web_and_a_worker_per_seed_queue() -> None:
         argv = shlex.split(command)
         assert argv[:4] == ["rq", "worker", "-c", "jobs.settings"], command
         assert "--with-scheduler" in argv  # retry backoff needs RQ's scheduler
+        # settles a job whose work-horse died (jobs/worker.py)
+        assert argv[argv.index("-w") + 1] == "jobs.worker.ImageQueueWorker", command
         queues = [arg for arg in argv if arg in contracts.ALL_QUEUES]
         assert queues, f"{name} listens on no known queue: {command}"
         assert queues[0].startswith(name.replace("_", "-")), "each worker kind's own queue comes first"
@@ -48,6 +50,7 @@ def test_compose_services_match_the_procfile() -> None:
         assert worker["restart"] == "unless-stopped"
         assert worker["deploy"]["replicas"] == replicas
         assert worker["command"][:4] == ["rq", "worker", "-c", "jobs.settings"]
+        assert worker["command"][worker["command"].index("-w") + 1] == "jobs.worker.ImageQueueWorker"
         assert worker["command"][worker["command"].index("--with-scheduler") + 1:][-1] in contracts.ALL_QUEUES
 
 

@@ -135,6 +135,13 @@ def test_truncated_zip_fails_the_batch_with_a_reason(stack: Stack, key: str, ast
     batch = wait_batch(stack, key, resp.json()["batchId"])
     assert batch["status"] == "failed"
     assert batch["error"]["code"] == "TRUNCATED_ARCHIVE" and batch["error"]["message"]
+    # The images extracted before the cut had no chunk yet: the failure callback removes them
+    # too, just after it marks the batch failed.
+    extracted = Path(stack.env["UPLOAD_DIR"]) / "batches" / resp.json()["batchId"]
+    deadline = time.monotonic() + 10
+    while extracted.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not extracted.exists(), sorted(p.name for p in extracted.iterdir())
 
 
 def test_url_batch_updates_records_and_retries_transient_failures(stack: Stack, key: str,

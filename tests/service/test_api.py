@@ -106,6 +106,16 @@ def test_other_vendors_job_is_not_found(app: Flask, client: FlaskClient) -> None
     assert client.get("/api/image-queue/record/rec-1", headers=headers(app)).status_code == 200
 
 
+def test_job_ids_rq_cannot_parse_are_not_found(app: Flask, client: FlaskClient) -> None:
+    # ID_PATTERN allows '.', '@' and ':' but RQ refuses '.'/'@' with ValueError (was a 500) and
+    # reads "<id>:<anything>" as job <id> (an alias): all are unknown ids (issue 7 probes).
+    job_id = client.post("/api/image-queue/crop-face-queue", json=crop_body(),
+                         headers=headers(app)).get_json()["jobId"]
+    for probe in (f"{job_id}.json", "a@b", "x.y", f"{job_id}:x", f"{job_id}:"):
+        assert_error(client.get(f"/api/image-queue/job/{probe}", headers=headers(app)), 404, "JOB_NOT_FOUND")
+    assert client.get(f"/api/image-queue/job/{job_id}", headers=headers(app)).status_code == 200
+
+
 @pytest.mark.parametrize("auth, code", [
     ({}, "MISSING_API_KEY"),
     ({"X-API-Key": "iq_wrong"}, "INVALID_API_KEY"),

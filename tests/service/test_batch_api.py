@@ -186,3 +186,25 @@ def test_queue_stats(app: Flask, client: FlaskClient) -> None:
     assert stats["faceDetection"]["waiting"] == 2 and stats["faceDetectionByPriority"]["9"]["waiting"] == 2
     assert set(stats["batchIngestion"]) == {"active", "completed", "failed", "delayed", "waiting"}
     assert isinstance(stats["timestamp"], int)
+
+
+def test_deeply_nested_options_are_a_400_not_a_500(app: Flask, client: FlaskClient) -> None:
+    # json.loads raises RecursionError (not ValueError) past ~1000 levels (hostile corpus, issue 7).
+    options = "[" * 20000 + "]" * 20000
+    resp = client.post("/api/batch/upload-zip", headers=auth(app), content_type="multipart/form-data",
+                       data={"projectId": "p", "options": options, "file": (io.BytesIO(b"PK\x03\x04"), "x.zip")})
+    assert_error(resp, 400, "VALIDATION_ERROR", "options")
+
+
+@pytest.mark.parametrize("names", [("file", "file"), ("file", "other")])
+def test_every_uploaded_file_part_is_removed(app: Flask, client: FlaskClient, tmp_path: Path,
+                                             names: tuple[str, str]) -> None:
+    # A second file part (same or another field name) is written to UPLOAD_DIR/incoming too;
+    # MultiDict.values() gives only the first per name, so it must be removed by items(multi=True).
+    data = zip_bytes({"a.jpg": b"\xff\xd8\xff" + b"0" * 100})
+    resp = client.post("/api/batch/upload-zip", headers=auth(app), content_type="multipart/form-data",
+                       data={"projectId": "p", names[0]: (io.BytesIO(data), "a.zip"),
+                             names[1]: (io.BytesIO(b"second part"), "b.zip")} if names[0] != names[1] else
+                       {"projectId": "p", "file": [(io.BytesIO(data), "a.zip"), (io.BytesIO(b"second"), "b.zip")]})
+    assert resp.status_code == 202, resp.get_json()
+    assert list((tmp_path / "uploads" / "incoming").iterdir()) == []

@@ -160,6 +160,20 @@ def test_zip_uploads_are_idempotent(app: Flask, client: FlaskClient, redis_conn:
     assert list((uploads / "incoming").iterdir()) == []  # replayed and refused uploads are deleted
 
 
+def test_a_replayed_upload_with_two_file_parts_leaves_neither_on_disk(app: Flask, client: FlaskClient) -> None:
+    # Both parts named "file" are written to UPLOAD_DIR/incoming; a replay must delete both (issue 7 corpus).
+    def send() -> Any:
+        return client.post("/api/batch/upload-zip", headers=headers(app, "two-parts"),
+                           content_type="multipart/form-data",
+                           data={"projectId": "p1", "file": [(io.BytesIO(zip_bytes(1)), "a.zip"),
+                                                             (io.BytesIO(b"second part"), "b.zip")]})
+
+    assert send().status_code == 202
+    assert send().headers["Idempotent-Replayed"] == "true"
+    incoming = Path(app.extensions["image_queue"].settings.upload_dir) / "incoming"
+    assert list(incoming.iterdir()) == []
+
+
 # --- callbackUrl --------------------------------------------------------------------------------
 def test_callback_url_goes_into_every_job_of_a_request(app: Flask, client: FlaskClient,
                                                        redis_conn: redis.Redis) -> None:

@@ -1,0 +1,70 @@
+"""jobs.worker.ImageQueueWorker: a work-horse that dies still gets its failure callback.
+
+Real redis-server, a real forking worker in burst mode, a job that SIGKILLs its own horse.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import pytest
+import redis
+from rq import Callback, Queue, Retry
+from rq.job import Job, JobStatus
+
+from jobs.errors import WORKER_DIED
+from jobs.worker import ImageQueueWorker, WorkHorseDied, describe_exit
+
+CALLS = "test:worker:callbacks"
+
+
+def die() -> None:
+    """A job that kills the process running it, like the OOM killer would."""
+    job_meta_note()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def job_meta_note() -> None:
+    from rq import get_current_job
+
+    job = get_current_job()
+    assert job is not None
+    job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
+    job.save_meta()
+
+
+def remember_failure(job: Job, connection: redis.Redis, exc_type: Any, exc: Any, tb: Any) -> None:
+    """Failure callback: note what it was called with (and the meta the horse saved)."""
+    connection.rpush(CALLS, f"{job.id}|{exc_type.__name__}|{getattr(exc, 'code', '')}|{job.meta.get('attempts')}")
+
+
+def test_describe_exit_words() -> None:
+    assert describe_exit(signal.SIGKILL) == "killed by signal 9"
+    assert describe_exit(1 << 8) == "exited with status 1"
+
+
+def test_heartbeat_ttl_uses_the_configured_grace(redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_HEARTBEAT_GRACE_S", "10")
+    queue = Queue("test-worker", connection=redis_conn)
+    job = queue.enqueue(die, job_timeout=600)
+    worker = ImageQueueWorker([queue], connection=redis_conn, job_monitoring_interval=5)
+    assert worker.get_heartbeat_ttl(job) == 5 + 10
+    assert worker.get_heartbeat_ttl(job, working_time=598) == 2 + 10  # never past the job's timeout
+    monkeypatch.delenv("WORKER_HEARTBEAT_GRACE_S")
+    assert ImageQueueWorker([queue], connection=redis_conn, job_monitoring_interval=5).get_heartbeat_ttl(job) == 65
+
+
+def test_killed_horse_runs_the_failure_callback_and_rq_still_retries(redis_conn: redis.Redis) -> None:
+    queue = Queue("test-worker", connection=redis_conn)
+    job = queue.enqueue(die, job_id="dies-1", retry=Retry(max=1),
+                        on_failure=Callback(remember_failure))
+    ImageQueueWorker([queue], connection=redis_conn).work(burst=True)
+    calls = [c.decode() for c in redis_conn.lrange(CALLS, 0, -1)]
+    # Two attempts, both died: the callback ran each time, saw the horse's meta, and RQ
+    # retried once before failing the job for good.
+    assert calls == [f"dies-1|{WorkHorseDied.__name__}|{WORKER_DIED}|1",
+                     f"dies-1|{WorkHorseDied.__name__}|{WORKER_DIED}|2"]
+    job.refresh()
+    assert job.get_status() == JobStatus.FAILED
+    assert job.id in queue.failed_job_registry
