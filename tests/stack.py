@@ -43,8 +43,11 @@ class Stack:
         if self.log_dir:
             log = open(self.log_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 (closed in close())
             self._logs.append(log)
-        cmd = [str(VENV_BIN / "rq"), "worker", "-c", "jobs.settings", "--with-scheduler",
-               "--worker-ttl", "30", "--maintenance-interval", "5",
+        cmd = [str(VENV_BIN / "rq"), "worker", "-c", "jobs.settings", "-w", "jobs.worker.ImageQueueWorker",
+               "--with-scheduler",
+               # Short intervals (with WORKER_HEARTBEAT_GRACE_S=10 below) so that a job whose worker was
+               # killed is found abandoned within ~20 s, not RQ's default ~2 min.
+               "--worker-ttl", "30", "--maintenance-interval", "5", "--job-monitoring-interval", "5",
                "-n", name or f"test-worker-{os.getpid()}-{index}", *queues]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(proc)
@@ -95,6 +98,7 @@ def stack_env(*, redis_url: str, database_url: str, storage_dir: Path, port: int
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
         "JOB_RETRY_INTERVALS_S": "1,1,1",
+        "WORKER_HEARTBEAT_GRACE_S": "10",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "2",
         "GUNICORN_ACCESSLOG": "",
@@ -151,6 +155,7 @@ class PhotoServer:
         self.files: dict[str, bytes] = {}
         self.fail_next: dict[str, list[int]] = {}
         self.hits: dict[str, int] = {}
+        self.delays: dict[str, float] = {}  # seconds to wait before answering (a slow image host)
         self.port = free_port()
         server = self
 
@@ -158,6 +163,8 @@ class PhotoServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 path = self.path.split("?", 1)[0]
                 server.hits[path] = server.hits.get(path, 0) + 1
+                if path in server.delays:
+                    time.sleep(server.delays[path])
                 failures = server.fail_next.get(path)
                 if failures:
                     self.send_response(failures.pop(0))
