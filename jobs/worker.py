@@ -2,7 +2,8 @@
 
 RQ runs a job's failure callback when the job raises, and when a dead worker's job is found
 abandoned, but not when the work-horse process itself dies (SIGKILL, the OOM killer, a
-segfault in a native library): then RQ retries the job or fails it silently. A job whose last
+segfault in a native library), nor when its maintenance fails a job that a dead worker had
+taken from the queue but not started: then RQ retries the job or fails it silently. A job whose last
 attempt died that way would leave its record in 'processing', or a batch chunk's images
 pending, for ever. This class runs the failure callback in that case too, so that
 ``jobs.tasks.on_job_failure`` / ``jobs.batch.on_chunk_failure`` settle the record either way.
@@ -22,6 +23,10 @@ from .config import Settings
 from .errors import WORKER_DIED, TransientJobError
 
 log = logging.getLogger(__name__)
+
+
+# How RQ's IntermediateQueue.cleanup words the failure it passes to handle_job_failure.
+INTERMEDIATE_QUEUE_FAILURE = "Job was stuck in intermediate queue"
 
 
 class WorkHorseDied(TransientJobError):
@@ -58,6 +63,20 @@ class ImageQueueWorker(Worker):
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        self._settle(job, f"the worker process running this job was {describe_exit(ret_val)} before the job "
+                          "finished")
+
+    def handle_job_failure(self, job: Job, queue: Any, started_job_registry: Any = None, exc_string: str = "",
+                           execution: Any = None) -> None:
+        # RQ's maintenance fails a job a dead worker took but never started ("stuck in the
+        # intermediate queue") through here, without the job's failure callback.
+        if exc_string.startswith(INTERMEDIATE_QUEUE_FAILURE):
+            self._settle(job, "the worker that took this job died before starting it")
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
+                                   execution=execution)
+
+    def _settle(self, job: Job, message: str) -> None:
+        """Run the job's failure callback with WorkHorseDied before RQ decides on a retry."""
         ended_at = job.ended_at
         try:
             # The horse saved meta (attempts, progress) after this process fetched the job;
@@ -66,9 +85,7 @@ class ImageQueueWorker(Worker):
         except NoSuchJobError:
             return
         job.ended_at = ended_at
-        exc = WorkHorseDied(f"the worker process running this job was {describe_exit(ret_val)} "
-                            "before the job finished")
         try:
-            execute_failure_callback(job, self.death_penalty_class, WorkHorseDied, exc, None)
+            execute_failure_callback(job, self.death_penalty_class, WorkHorseDied, WorkHorseDied(message), None)
         except Exception:  # noqa: BLE001 (RQ must still record the failure and decide on a retry)
-            log.exception("job=%s failure callback after the work-horse died raised", job.id)
+            log.exception("job=%s failure callback after its worker died raised", job.id)

@@ -183,18 +183,38 @@ cli.add_command(dead_letters)  # dead-letters list | requeue | delete (service/d
 @click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="only rows unchanged for this many seconds (leave just-submitted work alone)")
 @click.option("--dry-run", is_flag=True, help="report what would be done; change nothing")
-def reconcile(older_than: float, dry_run: bool) -> None:
+@click.option("--every", type=click.FloatRange(min=0), default=0.0,
+              help="keep running, a pass every this many seconds (the Procfile's reconciler); 0: once")
+def reconcile(older_than: float, dry_run: bool, every: float) -> None:
     """Queue again the unfinished records and batch images whose jobs Redis lost (service/reconcile.py)."""
     import json
+    import logging
+    import time
 
     import redis
+
+    from jobs.errors import JobError
+    from jobs.logs import configure_logging
 
     from .reconcile import reconcile as run_reconcile
 
     settings = Settings.from_env()
-    conn = redis.Redis.from_url(settings.redis_url)
-    result = run_reconcile(_db(), conn, settings, older_than_s=older_than, dry_run=dry_run)
-    click.echo(json.dumps({"dryRun": dry_run, **result.summary()}, sort_keys=True))
+    conn = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    db = _db()
+    if every:
+        configure_logging(settings)
+    while True:
+        try:
+            result = run_reconcile(db, conn, settings, older_than_s=older_than, dry_run=dry_run)
+            click.echo(json.dumps({"dryRun": dry_run, **result.summary()}, sort_keys=True))
+        except (redis.RedisError, JobError) as exc:
+            if not every:
+                raise click.ClickException(f"reconcile could not finish: {exc}") from exc
+            # Redis or the database is down: the next pass tries again.
+            logging.getLogger(__name__).warning("reconcile pass failed, retrying in %gs: %s", every, exc)
+        if not every:
+            return
+        time.sleep(every)
 
 
 def main() -> None:

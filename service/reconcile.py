@@ -19,18 +19,22 @@ seconds so that work submitted a moment ago is left alone, and for each:
 - URL-batch record rows still unfinished although their image finished (the database went away
   between the image's write and the record's): the row gets the image's outcome.
 
-Jobs that are queued, running, scheduled for a retry or deferred are left to RQ. Running it
+A job RQ calls 'queued' that sits in no queue (its worker died right after taking it) is put
+back on its queue. Jobs that are queued, running, scheduled for a retry or deferred are left
+to RQ. Running it
 twice is harmless: the second run finds everything covered.
 """
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -46,8 +50,9 @@ log = logging.getLogger(__name__)
 
 JOB_LOST = "JOB_LOST"
 SOURCE_MISSING = "SOURCE_MISSING"
-_LIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 _OVER = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+# Queued, running, retrying, waiting for a rate-limit slot or a dependency: RQ will run it.
+_LIVE = tuple(status for status in JobStatus if status not in (JobStatus.FINISHED, *_OVER))
 
 
 @dataclass
@@ -59,6 +64,7 @@ class ReconcileResult:
     records_failed: int = 0  # JOB_LOST, or the final error of a job that failed unrecorded
     records_alive: int = 0  # their job is still queued/running/scheduled: left to RQ
     records_mirrored: int = 0  # batch records given their finished image's outcome
+    jobs_restored: int = 0  # 'queued' jobs that were in no queue (a worker died right after taking them)
     batches_checked: int = 0
     ingests_requeued: int = 0
     batches_failed: int = 0
@@ -89,11 +95,14 @@ class Reconciler:
     """One reconcile pass over the database against Redis."""
 
     def __init__(self, db: Database, redis: Redis, settings: Settings, *, older_than_s: float,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, confirm_s: float = 2.0) -> None:
         self.db, self.redis, self.settings, self.dry_run = db, redis, settings, dry_run
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
         self.cutoff = cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
+        self.confirm_s = confirm_s
         self.result = ReconcileResult()
+        self._listed: dict[str, set[str]] = {}  # queue key -> job ids in it (read once per run)
+        self._suspects: list[Job] = []
 
     def run(self) -> ReconcileResult:
         after = 0
@@ -108,6 +117,7 @@ class Reconciler:
         for batch in self.db.open_batches(self.cutoff):
             self._batch(batch)
         self._mirror(batch_records)
+        self._restore_stranded()
         log.info("reconcile%s: %s", " (dry run)" if self.dry_run else "", self.result.summary())
         return self.result
 
@@ -120,7 +130,7 @@ class Reconciler:
             if status in _OVER:
                 code, message = _final_error(job)
                 self._fail_record(row, code, message)
-            else:
+            elif not self._suspect(job):
                 self.result.records_alive += 1
             return
         payload = json.loads(row["job_payload"]) if row["job_payload"] else None
@@ -132,13 +142,53 @@ class Reconciler:
         if self.dry_run:
             return
         queue_name, func = contracts.SINGLE_JOB_KINDS[row["job_kind"]]
-        from rq import Queue
-
         queue = Queue(queue_name, connection=self.redis, default_timeout=self.settings.job_timeout_s)
         enqueue_jobs(queue, func, [JobSpec(row["current_job_id"], payload, row["vendor_id"], row["record_id"])],
                      self.settings)
         log.info("reconcile: vendor=%s record=%s job=%s queued again", row["vendor_id"], row["record_id"],
                  row["current_job_id"])
+
+    def _in_a_list(self, job: Job, *, cached: bool) -> bool:
+        queue = Queue(job.origin, connection=self.redis)
+        for key in (queue.key, queue.intermediate_queue_key):
+            if not cached:
+                if self.redis.lpos(key, job.id) is not None:
+                    return True
+                continue
+            if key not in self._listed:
+                ids: list[bytes] = self.redis.lrange(key, 0, -1)  # type: ignore[assignment]
+                self._listed[key] = {raw.decode() for raw in ids}
+            if job.id in self._listed[key]:
+                return True
+        return False
+
+    def _suspect(self, job: Job) -> bool:
+        """Note a job RQ calls queued that sits in no queue list; True if it is one.
+
+        A worker on several queues takes a job with BLPOP; killed before it marks the job
+        started, it leaves the job 'queued' in no list, where no worker will ever see it.
+        """
+        if job.get_status() != JobStatus.QUEUED or not job.origin or self._in_a_list(job, cached=True):
+            return False
+        self._suspects.append(job)
+        return True
+
+    def _restore_stranded(self) -> None:
+        """Put suspects still queued in no list after ``confirm_s`` back at the head of their queue.
+
+        The wait tells a stranded job from one a live worker has just taken (it marks the job
+        started within milliseconds).
+        """
+        if not self._suspects:
+            return
+        time.sleep(self.confirm_s)
+        for job in self._suspects:
+            if job.get_status(refresh=True) != JobStatus.QUEUED or self._in_a_list(job, cached=False):
+                continue
+            self.result.jobs_restored += 1
+            if not self.dry_run:
+                Queue(job.origin, connection=self.redis).push_job_id(job.id, at_front=True)
+                log.warning("reconcile: job=%s was queued in no queue; put back on %s", job.id, job.origin)
 
     def _fail_record(self, row: dict[str, Any], code: str, message: str) -> None:
         self.result.records_failed += 1
@@ -175,6 +225,7 @@ class Reconciler:
     def _ingest(self, batch: dict[str, Any], ref: BatchRef) -> None:
         job = _fetch(self.redis, ingest_job_id(ref.batch_id))
         if job is not None and job.get_status() not in _OVER:
+            self._suspect(job)  # taken by a worker that lost Redis before starting it?
             return
         path = zip_path(self.settings.upload_dir, ref.batch_id)
         if job is None and path.exists():
@@ -203,7 +254,8 @@ class Reconciler:
         for job in self._chunk_jobs(ref.batch_id):
             first, last = int(job.args[1]), int(job.args[2])
             status = job.get_status()
-            if status in _LIVE:
+            if status in _LIVE:  # a stranded chunk is restored at the end, so it covers its range too
+                self._suspect(job)
                 live.append((first, last))
             elif status in _OVER:
                 code, message = _final_error(job)
@@ -229,7 +281,7 @@ class Reconciler:
 
 
 def reconcile(db: Database, redis: Redis, settings: Settings, *, older_than_s: float = 60.0,
-              dry_run: bool = False) -> ReconcileResult:
+              dry_run: bool = False, confirm_s: float = 2.0) -> ReconcileResult:
     """Queue again what the database says is unfinished but Redis no longer holds (module docstring)."""
-    return Reconciler(db, redis, settings, older_than_s=older_than_s, dry_run=dry_run).run()
+    return Reconciler(db, redis, settings, older_than_s=older_than_s, dry_run=dry_run, confirm_s=confirm_s).run()
 

@@ -24,8 +24,9 @@ def test_procfile_has_web_and_a_worker_per_seed_queue() -> None:
     entries = procfile()
     assert entries["web"].startswith("gunicorn -c service/gunicorn.conf.py service.wsgi:app")
     served: set[str] = set()
+    assert entries["reconciler"].startswith("python -m service.cli reconcile --every ")
     for name, command in entries.items():
-        if name == "web":
+        if name in ("web", "reconciler"):
             continue
         argv = shlex.split(command)
         assert argv[:4] == ["rq", "worker", "-c", "jobs.settings"], command
@@ -42,7 +43,8 @@ def test_procfile_has_web_and_a_worker_per_seed_queue() -> None:
 def test_compose_services_match_the_procfile() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    for name in ("redis", "mysql", "rembg-1", "rembg-2", "rembg-3", "web", "rq-dashboard", "migrate"):
+    for name in ("redis", "mysql", "rembg-1", "rembg-2", "rembg-3", "web", "rq-dashboard", "migrate",
+                 "reconciler"):
         assert name in services, name
     assert "--appendonly" in services["redis"]["command"] and "noeviction" in services["redis"]["command"]
     for queue, replicas in contracts.DEFAULT_WORKERS.items():

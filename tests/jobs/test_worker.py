@@ -68,3 +68,21 @@ def test_killed_horse_runs_the_failure_callback_and_rq_still_retries(redis_conn:
     job.refresh()
     assert job.get_status() == JobStatus.FAILED
     assert job.id in queue.failed_job_registry
+
+
+def test_job_a_dead_worker_took_but_never_started_gets_the_failure_callback(redis_conn: redis.Redis) -> None:
+    """RQ's maintenance fails such a job ("stuck in intermediate queue") without the callback."""
+    import time as _time
+
+    queue = Queue("test-worker", connection=redis_conn)
+    job = queue.enqueue(die, job_id="taken-1", retry=Retry(max=1), on_failure=Callback(remember_failure))
+    # A single-queue worker takes jobs with LMOVE into the intermediate queue; it died there.
+    redis_conn.lmove(queue.key, queue.intermediate_queue_key)
+    intermediate = queue.intermediate_queue
+    worker = ImageQueueWorker([queue], connection=redis_conn)
+    intermediate.cleanup(worker, queue)  # first sighting: RQ waits a minute
+    redis_conn.set(intermediate.get_first_seen_key(job.id), _time.time() - 120)
+    intermediate.cleanup(worker, queue)
+    calls = [c.decode() for c in redis_conn.lrange(CALLS, 0, -1)]
+    assert calls == [f"taken-1|{WorkHorseDied.__name__}|{WORKER_DIED}|None"]
+    assert job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.SCHEDULED)  # RQ retries it

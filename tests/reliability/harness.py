@@ -12,6 +12,7 @@ import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -24,7 +25,7 @@ from typing import Any
 import redis
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 from tests.reliability.api_stack import GENEROUS_LIMITS, PrivateRedis
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
 
@@ -141,6 +142,16 @@ class RelStack:
         with sqlite3.connect(self.db_path, timeout=30) as conn:
             return conn.execute(sql, params).fetchall()
 
+    def start_reconciler(self, every_s: float = 5, older_than_s: float = 20) -> subprocess.Popen[bytes]:
+        """The Procfile's `reconciler` line, with intervals scaled down for a test."""
+        log = open(self.workdir / "logs" / "reconciler.log", "ab")  # noqa: SIM115 (the child keeps it)
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "reconcile", "--every", str(every_s),
+                                 "--older-than", str(older_than_s)], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        log.close()
+        self.extras.setdefault("procs", []).append(proc)
+        return proc
+
     def supervise(self, slots: list[tuple[str, ...]]) -> Supervisor:
         self.supervisor = Supervisor(self.stack, slots)
         self.supervisor.start()
@@ -166,6 +177,9 @@ def rel_stack(workdir: Path, *, appendonly: bool = True, extra: dict[str, str] |
         finally:
             if rel.supervisor is not None:
                 rel.supervisor.stop()
+            for proc in rel.extras.get("procs", []):
+                proc.terminate()
+                proc.wait(10)
 
 
 # --- photos and submissions --------------------------------------------------------------------

@@ -86,7 +86,8 @@ class Submitter:
 
 
 def _batch_final(rel: RelStack, batch_id: str) -> bool:
-    return rel.get(f"/api/batch/status/{batch_id}").json()["batch"]["status"] in FINAL_BATCH
+    resp = rel.get(f"/api/batch/status/{batch_id}")  # 503 for a moment after Redis is back: ask again
+    return resp.status_code == 200 and resp.json()["batch"]["status"] in FINAL_BATCH
 
 
 def _all_settled(rel: RelStack, batch_ids: list[str]) -> bool:
@@ -163,6 +164,7 @@ def _crash_and_outages(profile: dict, workdir: Path, report: Report) -> None:  #
             rel.photos.files[f"/p{index}.jpg"] = data
         zip_data = make_zip(portrait_jpegs(profile["batch"], size=360))
         supervisor = rel.supervise(WORKER_SLOTS)
+        rel.start_reconciler()  # as the Procfile runs it
         time.sleep(1)
         # 1. crash: SIGKILL while submissions stream in, restart a second later.
         submitter = Submitter(rel, profile["submissions"], "crash")
@@ -184,9 +186,11 @@ def _crash_and_outages(profile: dict, workdir: Path, report: Report) -> None:  #
         # 2. outages mid-batch.
         batch_ids = []
         for seconds in profile["outages"]:
-            batch_ids.append(upload_zip(rel, zip_data))
-            wait_until(lambda: rel.query("SELECT COUNT(*) FROM batch_items WHERE status = 'completed'")[0][0] > 8,
-                       60, 0.1)
+            batch_id = upload_zip(rel, zip_data)
+            batch_ids.append(batch_id)
+            wait_until(lambda bid=batch_id: rel.query(  # type: ignore[misc]
+                "SELECT COUNT(*) FROM batch_items WHERE status = 'completed' AND batch_id = ?", (bid,))[0][0] > 8,
+                60, 0.1)
             _outage(rel, seconds, report)
             _settle(rel, batch_ids, f"Redis down {seconds:g} s", report)
         report.figure("worker restarts by the supervisor (workers exit when Redis drops)", supervisor.restarts)

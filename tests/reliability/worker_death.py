@@ -14,6 +14,7 @@ none pending or processing, batch counters exact, one stored output per record o
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -82,6 +83,21 @@ def _kill_loop(rel: RelStack, kills: int, rng: random.Random, done: callable) ->
     return counts
 
 
+def _where(rel: RelStack, job_id: str) -> str:
+    """Where RQ holds a job: status, meta and each list or registry it is in (for a failure's note)."""
+    from rq import Queue
+    from rq.job import Job
+
+    conn = rel.redis.client()
+    job = Job.fetch(job_id, connection=conn)
+    queue = Queue(job.origin, connection=conn)
+    places = {"queue": conn.lpos(queue.key, job_id) is not None,
+              "intermediate": conn.lpos(queue.intermediate_queue_key, job_id) is not None,
+              "started": job_id in queue.started_job_registry, "scheduled": job_id in queue.scheduled_job_registry,
+              "failed": job_id in queue.failed_job_registry}
+    return f"{job_id} status={job.get_status()} retries_left={job.retries_left} meta={job.meta} in={places}"
+
+
 def run(profile: str, workdir: Path) -> Report:
     p = PROFILES[profile]
     report = Report("worker_death", profile)
@@ -96,13 +112,15 @@ def run(profile: str, workdir: Path) -> Report:
             (*contracts.FACE_DETECTION_QUEUES, contracts.QUEUE_FACE_CROP),
             (contracts.QUEUE_FACE_CROP, *contracts.FACE_DETECTION_QUEUES),
         ])
+        rel.start_reconciler()  # as the Procfile runs it: puts back jobs a killed worker took
         batch_id = upload_zip(rel, make_zip(portrait_jpegs(p["images"], size=360)))
         urls = [rel.photos.url(f"/p{i % len(photos)}.jpg") for i in range(p["singles"])]
         started = time.monotonic()
         job_ids = submit_crops(rel, urls[: p["singles"] // 2], "s")
 
         def batch_status() -> str:
-            return str(rel.get(f"/api/batch/status/{batch_id}").json()["batch"]["status"])
+            resp = rel.get(f"/api/batch/status/{batch_id}")
+            return str(resp.json()["batch"]["status"]) if resp.status_code == 200 else f"HTTP {resp.status_code}"
 
         def all_done() -> bool:
             stuck = rel.query("SELECT COUNT(*) FROM data_records WHERE processing_status IN ('queued', 'processing')")
@@ -123,15 +141,22 @@ def run(profile: str, workdir: Path) -> Report:
         per_record = outputs_per_record(rel)
         completed_records = {row[0] for row in rel.query(
             "SELECT record_id FROM data_records WHERE processing_status = 'completed' AND job_kind = 'face_crop'")}
+        restored = sum(int(json.loads(line).get("jobs_restored", 0)) for line in
+                       (workdir / "logs" / "reconciler.log").read_text().splitlines() if line.startswith("{"))
         worker_died = rel.query("SELECT COUNT(*) FROM batch_items WHERE error_code = 'WORKER_DIED'")[0][0] + \
             rel.query("SELECT COUNT(*) FROM data_records WHERE error_code = 'WORKER_DIED'")[0][0]
         restarts = rel.supervisor.restarts if rel.supervisor else 0
+        unfinished = [job_id for job_id, state in zip(job_ids, states, strict=True)
+                      if state not in ("completed", "failed")]
+        for job_id in unfinished:
+            report.note(f"unfinished job: {_where(rel, job_id)}")
 
     kills_done = sum(counts.values())
     report.check("workers killed mid-job", kills_done, kills_done >= p["kills"] * 0.9, f">= {int(p['kills'] * 0.9)}")
     for kind, count in counts.items():
         report.figure(f"  kills of kind {kind}", count)
     report.figure("worker restarts by the supervisor", restarts)
+    report.figure("jobs the reconciler put back (taken by a worker killed before starting them)", restored)
     report.check("everything settled after the last kill", settled, settled, "true")
     report.check("seconds from the last kill until every job ended", round(settle_s, 1),
                  settle_s <= SETTLE_TIMEOUT_S, f"<= {SETTLE_TIMEOUT_S}", "s", timing=True)

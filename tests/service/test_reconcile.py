@@ -74,6 +74,18 @@ def test_lost_single_jobs_are_queued_again_with_their_payload_once(
     assert len(queue.job_ids) == 3
 
 
+def test_job_taken_by_a_worker_that_died_before_starting_it_is_put_back(
+        db: Database, redis_conn: redis.Redis, settings: Settings) -> None:
+    submit(db, redis_conn, settings, "r1", "job-1")
+    queue = Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
+    assert redis_conn.lpop(queue.key) == b"job-1"  # a multi-queue worker's BLPOP, then SIGKILL
+    assert Job.fetch("job-1", connection=redis_conn).get_status() == JobStatus.QUEUED
+    result = reconcile(db, redis_conn, settings, older_than_s=0, confirm_s=0.1)
+    assert (result.jobs_restored, result.records_requeued, result.records_alive) == (1, 0, 0)
+    assert queue.job_ids == ["job-1"]
+    assert reconcile(db, redis_conn, settings, older_than_s=0).jobs_restored == 0  # once
+
+
 def test_rows_changed_recently_are_left_alone(db: Database, redis_conn: redis.Redis, settings: Settings) -> None:
     submit(db, redis_conn, settings, "r1", "job-1")
     redis_conn.flushall()
@@ -154,6 +166,17 @@ def test_batch_record_left_behind_by_a_lost_mirror_write_gets_its_images_outcome
     assert reconcile(db, redis_conn, settings, older_than_s=0).records_mirrored == 0
 
 
+def test_chunks_waiting_for_a_rate_limit_slot_cover_their_images(
+        db: Database, redis_conn: redis.Redis, settings: Settings) -> None:
+    one_slot = Settings.from_env({"BATCH_VENDOR_CONCURRENCY": "1", "BATCH_CHUNK_SIZE": "3"})
+    ref = url_batch(db, "b3", 6)
+    enqueue_chunk(redis_conn, ref, 0, 2, one_slot)
+    enqueue_chunk(redis_conn, ref, 3, 5, one_slot)
+    assert Job.fetch(chunk_job_id("b3", 3), connection=redis_conn).get_status() == JobStatus.RATE_LIMITED
+    result = reconcile(db, redis_conn, settings, older_than_s=0)
+    assert (result.chunks_requeued, result.images_requeued, result.jobs_restored) == (0, 0, 0)
+
+
 def test_zip_batch_whose_ingest_job_was_lost(db: Database, redis_conn: redis.Redis, settings: Settings) -> None:
     for batch_id, keep_upload in (("zkept", True), ("zgone", False)):
         db.create_batch(batch_id, "acme", "p1", source="zip", priority=5, mode="square", options={},
@@ -164,6 +187,11 @@ def test_zip_batch_whose_ingest_job_was_lost(db: Database, redis_conn: redis.Red
             path.write_bytes(b"PK\x05\x06" + bytes(18))
     result = reconcile(db, redis_conn, settings, older_than_s=0)
     assert (result.ingests_requeued, result.batches_failed) == (1, 1)
+    # A worker took the ingestion job and lost Redis before starting it: put back once.
+    assert redis_conn.lpop(Queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn).key) is not None
+    again = reconcile(db, redis_conn, settings, older_than_s=0, confirm_s=0.1)
+    assert (again.ingests_requeued, again.jobs_restored) == (0, 1)
+    assert Queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn).job_ids == [ingest_job_id("zkept")]
     assert Job.fetch(ingest_job_id("zkept"), connection=redis_conn).args[0] == "zkept"
     gone = db.get_batch("zgone")
     assert gone is not None and (gone["status"], gone["error_code"]) == (BATCH_FAILED, SOURCE_MISSING)
