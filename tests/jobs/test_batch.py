@@ -6,7 +6,6 @@ finds those items no longer pending; it must still bring their records to the sa
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,11 @@ from rq.job import Job
 from jobs import batch, contracts
 from jobs.batch_records import BATCH_COMPLETED, BATCH_PROCESSING, ITEM_COMPLETED, ITEM_FAILED, ITEM_PENDING
 from jobs.config import Settings
-from jobs.records import Database, connect
+from jobs.records import Database
 from jobs.storage import LocalStorage
 from jobs.tasks import Context
 
 URL = "http://photos.example/a.jpg"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = (f"sqlite:///{tmp_path / 'db.sqlite3'}" if request.param == "sqlite"
-           else str(request.getfixturevalue("mysql_url")))
-    database = connect(url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def _recorded_but_not_mirrored(db: Database, batch_id: str) -> None:

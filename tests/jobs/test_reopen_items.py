@@ -1,11 +1,6 @@
 """Database.reopen_items / failed_items (a requeued dead chunk) on SQLite and the real MariaDB."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from jobs.batch_records import (
     BATCH_COMPLETED_WITH_ERRORS,
     BATCH_INGESTING,
@@ -14,17 +9,7 @@ from jobs.batch_records import (
     ITEM_FAILED,
     ITEM_PENDING,
 )
-from jobs.records import Database, connect
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = (f"sqlite:///{tmp_path / 'db.sqlite3'}" if request.param == "sqlite"
-           else str(request.getfixturevalue("mysql_url")))
-    database = connect(url)
-    database.migrate()
-    yield database
-    database.close()
+from jobs.records import Database
 
 
 def _batch(db: Database, batch_id: str, status: str = BATCH_PROCESSING) -> None:
