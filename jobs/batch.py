@@ -97,16 +97,22 @@ class _Ingest:
         self._write()
 
 
-def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
-    """Stream the uploaded ZIP entry by entry into batch items and queue their chunks."""
-    from .archive import ArchiveLimits, ImageEntry, iter_archive
-
+def _batch_job(batch_id: str) -> tuple[Job, Context, dict[str, Any]]:
+    """The running RQ job, the worker context and the batch it works on (which must exist)."""
     job = get_current_job()
-    assert job is not None, "ingest_zip runs inside an rq worker"
+    assert job is not None, "batch jobs run inside an rq worker"
     ctx = context()
     batch = ctx.db.get_batch(batch_id)
     if batch is None:
         raise PermanentJobError(f"batch {batch_id} does not exist", code=BATCH_NOT_FOUND)
+    return job, ctx, batch
+
+
+def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
+    """Stream the uploaded ZIP entry by entry into batch items and queue their chunks."""
+    from .archive import ArchiveLimits, ImageEntry, iter_archive
+
+    job, ctx, batch = _batch_job(batch_id)
     ctx.db.set_batch(batch_id, status=BATCH_INGESTING, only_from=(BATCH_QUEUED, BATCH_INGESTING))
     existing = ctx.db.batch_items(batch_id, after_seq=-1, limit=1)
     resume_after = -1
@@ -187,12 +193,7 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
     from . import face_crop
     from .fetch import fetch_image
 
-    job = get_current_job()
-    assert job is not None, "process_chunk runs inside an rq worker"
-    ctx = context()
-    batch = ctx.db.get_batch(batch_id)
-    if batch is None:
-        raise PermanentJobError(f"batch {batch_id} does not exist", code=BATCH_NOT_FOUND)
+    job, ctx, batch = _batch_job(batch_id)
     _mirror_unmirrored(ctx, batch, first_seq, last_seq)
     items = ctx.db.pending_items(batch_id, first_seq, last_seq)
     if not items:  # a re-run after everything was recorded
