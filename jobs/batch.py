@@ -21,9 +21,9 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Job
 
-from . import contracts, metrics, webhooks
-from .batch_plan import BatchRef, enqueue_chunk
-from .batch_records import (
+from core import contracts, metrics
+from core.batch_plan import BatchRef, enqueue_chunk
+from core.db.batches import (
     BATCH_FAILED,
     BATCH_INGESTING,
     BATCH_PROCESSING,
@@ -33,10 +33,11 @@ from .batch_records import (
     ITEM_PENDING,
     ITEM_SKIPPED,
 )
-from .errors import NO_FACE, JobError, PermanentJobError, TransientJobError
-from .logs import with_job_context
-from .storage import safe_key
-from .tasks import Context, context, settle_failure
+from core.errors import NO_FACE, JobError, PermanentJobError, TransientJobError
+from core.logs import with_job_context
+from jobs import webhooks
+from jobs.storage import safe_key
+from jobs.tasks import Context, context, settle_failure
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _batch_job(batch_id: str) -> tuple[Job, Context, dict[str, Any]]:
 
 def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
     """Stream the uploaded ZIP entry by entry into batch items and queue their chunks."""
-    from .archive import ArchiveLimits, ImageEntry, iter_archive
+    from core.zipstream.archive import ArchiveLimits, ImageEntry, iter_archive
 
     job, ctx, batch = _batch_job(batch_id)
     ctx.db.set_batch(batch_id, status=BATCH_INGESTING, only_from=(BATCH_QUEUED, BATCH_INGESTING))
@@ -190,8 +191,8 @@ def on_ingest_failure(job: Job, connection: Redis, exc_type: type[BaseException]
 
 def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any]:
     """Crop every pending image of one chunk; record each outcome; retry only transient ones."""
-    from . import face_crop
-    from .fetch import fetch_image
+    from jobs.fetch import fetch_image
+    from jobs.imaging import face_crop
 
     job, ctx, batch = _batch_job(batch_id)
     _mirror_unmirrored(ctx, batch, first_seq, last_seq)
@@ -308,7 +309,7 @@ def mirror_batch_records(batch_id: str) -> int:
 
 
 def _record_fields(outcome: dict[str, Any]) -> dict[str, Any]:
-    from .tasks import _now
+    from jobs.tasks import _now
 
     if outcome["status"] == ITEM_COMPLETED:
         return {"processing_status": contracts.STATUS_COMPLETED, "output_url": outcome["output_url"],

@@ -29,9 +29,9 @@ from requests_hardened.ip_filter import InvalidIPAddress
 from requests_hardened.ip_filter_adapter import IPFilterAdapter
 from urllib3.exceptions import ReadTimeoutError
 
-from jobs.config import Settings
-from jobs.contracts import InvalidField, sniff_image_type, validate_photo_url
-from jobs.errors import (
+from core.config import Settings
+from core.contracts import InvalidField, sniff_image_type, validate_photo_url
+from core.errors import (
     FETCH_FAILED,
     FORBIDDEN_ADDRESS,
     IMAGE_NOT_FOUND,

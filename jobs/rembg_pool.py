@@ -42,9 +42,9 @@ import requests
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jobs import contracts
-from jobs.config import Settings
-from jobs.errors import REMBG_REJECTED, REMBG_UNAVAILABLE, PermanentJobError, TransientJobError
+from core import contracts
+from core.config import Settings
+from core.errors import REMBG_REJECTED, REMBG_UNAVAILABLE, PermanentJobError, TransientJobError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import cloudinary.api
 import cloudinary.exceptions
 import cloudinary.uploader
 
-from jobs.config import Settings
-from jobs.errors import STORAGE_UNAVAILABLE, PermanentJobError, TransientJobError
+from core.config import Settings
+from core.errors import STORAGE_UNAVAILABLE, PermanentJobError, TransientJobError
 
 log = logging.getLogger(__name__)
 

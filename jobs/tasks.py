@@ -24,12 +24,13 @@ from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from . import contracts, metrics, webhooks
-from .config import Settings
-from .errors import JOB_TIMEOUT, WORKER_DIED, JobError, PermanentJobError
-from .logs import with_job_context
-from .records import Database, connect
-from .storage import Storage, safe_key, storage_from_settings
+from core import contracts, metrics
+from core.config import Settings
+from core.db.database import Database, connect
+from core.errors import JOB_TIMEOUT, WORKER_DIED, JobError, PermanentJobError
+from core.logs import with_job_context
+from jobs import webhooks
+from jobs.storage import Storage, safe_key, storage_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,8 @@ def _stored_result(record: dict[str, Any], payload: dict[str, Any]) -> dict[str,
 
 def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     """Fetch the photo, crop the largest face per ``mode``, store it, update the record."""
-    from . import face_crop
-    from .fetch import fetch_image
+    from jobs.fetch import fetch_image
+    from jobs.imaging import face_crop
 
     job = get_current_job()
     assert job is not None, "crop_face runs inside an rq worker"
@@ -158,9 +159,9 @@ def _stored_bg_result(record: dict[str, Any], payload: dict[str, Any]) -> dict[s
 
 def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
     """Fetch the photo, remove its background on a rembg server, store it, update the record."""
-    from . import background
-    from .fetch import fetch_image
-    from .rembg_pool import RembgCall, RembgPool
+    from jobs.fetch import fetch_image
+    from jobs.imaging import background
+    from jobs.rembg_pool import RembgCall, RembgPool
 
     job = get_current_job()
     assert job is not None, "remove_background runs inside an rq worker"

@@ -36,12 +36,12 @@ from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry, get_current_job
 from rq.job import Job
 
-from . import contracts
-from .batch_records import BATCH_FINAL
-from .config import Settings
-from .errors import FORBIDDEN_ADDRESS, INVALID_URL, JobError, PermanentJobError, TransientJobError
-from .logs import with_job_context
-from .records import Database
+from core import contracts
+from core.config import Settings
+from core.db.batches import BATCH_FINAL
+from core.db.database import Database
+from core.errors import FORBIDDEN_ADDRESS, INVALID_URL, JobError, PermanentJobError, TransientJobError
+from core.logs import with_job_context
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _session(settings: Settings) -> requests.Session:
     """A session that resolves, checks and pins every host like the photo fetcher (jobs/fetch.py)."""
     from requests_hardened import Config, HTTPSession
 
-    from .fetch import _PinningAdapter, parse_allow_networks
+    from jobs.fetch import _PinningAdapter, parse_allow_networks
 
     timeout = settings.webhook_timeout_s
     session = HTTPSession(Config(ip_filter_enable=True, ip_filter_allow_loopback_ips=False, never_redirect=True,
@@ -237,7 +237,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], settings: Settings) ->
 
 def deliver(kind: str, target_id: str, eid: str) -> dict[str, Any]:
     """POST the stored event once, signed; raise so that RQ retries when it was not taken."""
-    from .tasks import context
+    from jobs.tasks import context
 
     job = get_current_job()
     assert job is not None, "deliver runs inside an rq worker"

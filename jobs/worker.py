@@ -19,8 +19,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.worker import Worker
 
-from .config import Settings
-from .errors import WORKER_DIED, TransientJobError
+from core.config import Settings
+from core.errors import WORKER_DIED, TransientJobError
 
 log = logging.getLogger(__name__)
 

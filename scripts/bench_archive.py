@@ -1,4 +1,4 @@
-"""Throughput of jobs.archive: entries/s through iter_archive for a ZIP of many small images.
+"""Throughput of core.zipstream.archive: entries/s through iter_archive for a ZIP of many small images.
 
     .venv/bin/python scripts/bench_archive.py [--entries 100000] [--stored] [--keep PATH]
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image  # noqa: E402
 from stream_unzip import stream_unzip  # noqa: E402
 
-from jobs.archive import ImageEntry, count_image_entries, iter_archive  # noqa: E402
+from core.zipstream.archive import ImageEntry, count_image_entries, iter_archive  # noqa: E402
 
 
 def build(path: Path, entries: int, compression: int) -> None:

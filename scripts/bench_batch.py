@@ -15,7 +15,7 @@ at realistic sizes on photo backdrops, some stored sideways with an EXIF orienta
 "naive" is the pipeline issue 4 measures against: full JPEG decode, OpenCV's default frontal
 Haar cascade on a gray copy at most 1024 px long, scaleFactor 1.1, minNeighbors 5, minSize 40,
 largest face, square crop (padding 0.20) from the full image, 300x300 JPEG. "ours" is
-``jobs.face_crop.process(..., "square", profile="portrait")`` as the batch job runs it.
+``jobs.imaging.face_crop.process(..., "square", profile="portrait")`` as the batch job runs it.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from jobs import face_crop  # noqa: E402
-from jobs.contracts import CropOptions  # noqa: E402
-from jobs.errors import PermanentJobError  # noqa: E402
+from core.contracts import CropOptions  # noqa: E402
+from core.errors import PermanentJobError  # noqa: E402
+from jobs.imaging import face_crop  # noqa: E402
 
 # Portrait sizes (width, height) between 1 and 3 megapixels.
 SIZES = [(900, 1200), (1200, 1600), (1500, 2000), (1080, 1350), (1400, 1750), (1200, 1500), (1000, 1400)]
@@ -374,7 +374,7 @@ def write_zip(path: Path, entries: Iterator[tuple[str, bytes]], compress: bool =
 
 def e2e_zip(photos: list[bytes], count: int, workers: int) -> dict[str, Any]:
     """A ZIP of ``count`` portrait JPEGs through the running stack: images/s end to end."""
-    from jobs import contracts
+    from core import contracts
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -408,8 +408,8 @@ def e2e_ingest(entries: int) -> dict[str, Any]:
     """Upload and ingest a ZIP of ``entries`` tiny images with no face-detection workers running."""
     from rq.job import Job
 
-    from jobs import contracts
-    from jobs.batch_plan import ingest_job_id
+    from core import contracts
+    from core.batch_plan import ingest_job_id
 
     data = tiny_jpeg()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -445,7 +445,7 @@ def e2e_fairness(photo: bytes, backlog: int, workers: int) -> dict[str, Any]:
     """Vendor B's one-image batch while vendor A has ``backlog`` images queued at the same priority."""
     import requests
 
-    from jobs import contracts
+    from core import contracts
     from tests.stack import PhotoServer
 
     server = PhotoServer()

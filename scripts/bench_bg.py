@@ -40,7 +40,7 @@ import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 from rq import Queue, Worker  # noqa: E402
 
-from jobs import contracts  # noqa: E402
+from core import contracts  # noqa: E402
 from tests.conftest import free_port, redis_server_binary, wait_for_port  # noqa: E402
 from tests.rembg_servers import REMBG_BIN, RembgServer, ensure_model  # noqa: E402
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env  # noqa: E402

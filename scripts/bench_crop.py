@@ -2,7 +2,7 @@
 """Face-crop throughput: a plain loop, and the full path through the running stack, in one run.
 
 Builds ~30 portrait JPEGs of 1-3 MP in memory from scikit-image's astronaut and LFW faces,
-runs ``jobs.face_crop.process`` over them in one process (one OpenCV thread, as a worker
+runs ``jobs.imaging.face_crop.process`` over them in one process (one OpenCV thread, as a worker
 does) and prints ms/image (mean, p50, p95), images/s and each step's share of the time.
 
     .venv/bin/python scripts/bench_crop.py [--photos 30] [--mode square]
@@ -28,9 +28,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from jobs import face_crop  # noqa: E402
-from jobs.contracts import CROP_MODES, CropOptions  # noqa: E402
-from jobs.errors import PermanentJobError  # noqa: E402
+from core.contracts import CROP_MODES, CropOptions  # noqa: E402
+from core.errors import PermanentJobError  # noqa: E402
+from jobs.imaging import face_crop  # noqa: E402
 
 # Portrait sizes (width, height) between 1 and 3 megapixels.
 SIZES = [(900, 1200), (1200, 1600), (1500, 2000), (1080, 1350), (1400, 1750)]
@@ -133,7 +133,7 @@ def full_path(photos: list[bytes], *, mode: str, repeat: int, face_crop_workers:
     import requests
     from rq import Queue
 
-    from jobs import contracts
+    from core import contracts
     from tests.conftest import free_port, redis_server_binary, wait_for_port
     from tests.stack import PhotoServer, create_vendor, running_stack, stack_env
 

@@ -6,9 +6,8 @@ from typing import Any
 
 from flask import Flask
 
-from jobs.config import Settings
-
-from . import dashboard, errors, extensions, idempotency, limits, metrics, request_context
+from core.config import Settings
+from service import dashboard, errors, extensions, idempotency, limits, metrics, request_context
 
 
 def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
@@ -32,12 +31,12 @@ def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
     request_context.init_app(app)  # X-Request-ID for logs, before the limiter's and routes' hooks
     limits.init_app(app, settings)  # per-IP and per-vendor rate limits, before any route's hooks
 
-    from .admin import bp as admin_bp
-    from .batch import UploadRequest
-    from .batch import bp as batch_bp
-    from .docs import bp as docs_bp
-    from .health import bp as health_bp
-    from .image_queue import bp as image_queue_bp
+    from service.admin.routes import bp as admin_bp
+    from service.batch import UploadRequest
+    from service.batch import bp as batch_bp
+    from service.health import bp as health_bp
+    from service.image_queue import bp as image_queue_bp
+    from service.openapi.docs import bp as docs_bp
 
     app.request_class = UploadRequest  # ZIP uploads stream to UPLOAD_DIR, never into memory
     app.register_blueprint(image_queue_bp)

@@ -11,10 +11,9 @@ from typing import Any
 
 from flask import g, request
 
-from jobs.records import Database
-
-from .errors import Forbidden, Unauthorized, ValidationError
-from .extensions import backends
+from core.db.database import Database
+from service.errors import Forbidden, Unauthorized, ValidationError
+from service.extensions import backends
 
 KEY_PREFIX = "iq_"
 

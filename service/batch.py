@@ -22,17 +22,16 @@ from typing import IO, Any
 from flask import Blueprint, Request, Response, current_app, jsonify, request, stream_with_context, url_for
 from redis.exceptions import RedisError
 
-from jobs import contracts, metrics
-from jobs.batch_plan import BatchRef, chunk_ranges, enqueue_chunk, enqueue_ingest, zip_path
-from jobs.batch_records import BATCH_FAILED, BATCH_PROCESSING, BATCH_QUEUED, ITEM_PENDING
-from jobs.contracts import validate_crop_options, validate_id, validate_mode, validate_photo_url, validate_priority
-
-from . import webhooks
-from .auth import check_body_vendor, current_vendor, require_vendor
-from .errors import ApiError, NotFound, ServiceUnavailable, ValidationError
-from .extensions import backends
-from .jobqueue import queue_counts
-from .validation import UnsupportedMediaType, field, json_body, validated
+from core import contracts, metrics
+from core.batch_plan import BatchRef, chunk_ranges, enqueue_chunk, enqueue_ingest, zip_path
+from core.contracts import validate_crop_options, validate_id, validate_mode, validate_photo_url, validate_priority
+from core.db.batches import BATCH_FAILED, BATCH_PROCESSING, BATCH_QUEUED, ITEM_PENDING
+from core.enqueue import queue_counts
+from service import webhooks
+from service.auth import check_body_vendor, current_vendor, require_vendor
+from service.errors import ApiError, NotFound, ServiceUnavailable, ValidationError
+from service.extensions import backends
+from service.validation import UnsupportedMediaType, field, json_body, validated
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def _accept_zip(b: Any) -> tuple[Response, int]:
     assert isinstance(temp_name, str)
     upload.stream.close()
     os.replace(temp_name, target)
-    from jobs.archive import count_image_entries  # reads the central directory only: cheap
+    from core.zipstream.archive import count_image_entries  # reads the central directory only: cheap
 
     image_count = count_image_entries(target)
     b.db.create_batch(batch_id, vendor_id, project_id, source="zip", priority=priority, mode=mode,

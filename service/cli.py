@@ -20,14 +20,13 @@ from pathlib import Path
 
 import click
 
-from jobs.config import Settings
-from jobs.contracts import ID_PATTERN
-from jobs.records import Database, connect
-
-from . import limits as rate_limits
-from .auth import create_api_key
-from .dead_letters_cli import dead_letters
-from .webhooks import create_webhook_secret
+from core.config import Settings
+from core.contracts import ID_PATTERN
+from core.db.database import Database, connect
+from service import limits as rate_limits
+from service.admin.dead_letters_cli import dead_letters
+from service.auth import create_api_key
+from service.webhooks import create_webhook_secret
 
 
 def _db() -> Database:
@@ -176,7 +175,7 @@ def demo_key(path: Path) -> None:
     click.echo(key)
 
 
-cli.add_command(dead_letters)  # dead-letters list | requeue | delete (service/dead_letters_cli.py)
+cli.add_command(dead_letters)  # dead-letters list | requeue | delete (service/admin/dead_letters_cli.py)
 
 
 @cli.command()
@@ -186,17 +185,16 @@ cli.add_command(dead_letters)  # dead-letters list | requeue | delete (service/d
 @click.option("--every", type=click.FloatRange(min=0), default=0.0,
               help="keep running, a pass every this many seconds (the Procfile's reconciler); 0: once")
 def reconcile(older_than: float, dry_run: bool, every: float) -> None:
-    """Queue again the unfinished records and batch images whose jobs Redis lost (service/reconcile.py)."""
+    """Queue again the unfinished records and batch images whose jobs Redis lost (ops/reconcile.py)."""
     import json
     import logging
     import time
 
     import redis
 
-    from jobs.errors import JobError
-    from jobs.logs import configure_logging
-
-    from .reconcile import reconcile as run_reconcile
+    from core.errors import JobError
+    from core.logs import configure_logging
+    from ops.reconcile import reconcile as run_reconcile
 
     settings = Settings.from_env()
     conn = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)

@@ -1,4 +1,4 @@
-"""rq-dashboard mounted at /rq, for the admin only (service/admin_auth.py).
+"""rq-dashboard mounted at /rq, for the admin only (service/admin/auth.py).
 
 rq-dashboard 0.9 is a Flask blueprint; it reads the queues of ``RQ_DASHBOARD_REDIS_URL``,
 which is set to our REDIS_URL, so it shows exactly the queues, jobs, failed jobs (the
@@ -21,10 +21,9 @@ import rq_dashboard
 from flask import Flask, request
 from rq_dashboard.web import setup_rq_connection
 
-from jobs.config import Settings
-
-from .admin_auth import require_admin
-from .errors import Forbidden
+from core.config import Settings
+from service.admin.auth import require_admin
+from service.errors import Forbidden
 
 URL_PREFIX = "/rq"
 BLUEPRINT = rq_dashboard.blueprint.name  # "rq_dashboard"

@@ -127,7 +127,7 @@ def _handle_http_exception(exc: HTTPException) -> Response:
 
 def _handle_unexpected(exc: Exception) -> Response:
     # Deliberately broad: a bug must still answer JSON, and the log keeps the traceback.
-    from .extensions import is_backend_outage
+    from service.extensions import is_backend_outage
 
     if is_backend_outage(exc):
         log.warning("backend unavailable: %s", exc)

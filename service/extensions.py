@@ -16,11 +16,10 @@ import redis
 from flask import Flask, current_app
 from rq import Queue
 
-from jobs import contracts
-from jobs.config import Settings
-from jobs.records import Database, DatabaseUnavailable, connect
-
-from .redis_breaker import RedisBreaker, guarded_pool, ping_probe
+from core import contracts
+from core.config import Settings
+from core.db.database import Database, DatabaseUnavailable, connect
+from service.redis_breaker import RedisBreaker, guarded_pool, ping_probe
 
 
 @dataclass
@@ -71,7 +70,7 @@ class Backends:
         self._queues.clear()
 
     def queue(self, name: str) -> Queue:
-        """The RQ queue called ``name`` (one of jobs.contracts.ALL_QUEUES)."""
+        """The RQ queue called ``name`` (one of core.contracts.ALL_QUEUES)."""
         if name not in contracts.ALL_QUEUES:
             raise KeyError(f"unknown queue {name!r}; known: {', '.join(contracts.ALL_QUEUES)}")
         if name not in self._queues:

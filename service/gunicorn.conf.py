@@ -2,8 +2,8 @@
 import multiprocessing
 import os
 
-from jobs.config import Settings
-from jobs.logs import logging_config
+from core.config import Settings
+from core.logs import logging_config
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", str(min(4, multiprocessing.cpu_count() * 2))))
@@ -14,7 +14,7 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # empty: no access log
 errorlog = "-"
-# LOG_FORMAT (text or json) and LOG_LEVEL, the same configuration as the workers' (jobs/logs.py);
+# LOG_FORMAT (text or json) and LOG_LEVEL, the same configuration as the workers' (core/logs.py);
 # Gunicorn's own error and access lines go through it too.
 _settings = Settings.from_env()
 loglevel = _settings.log_level.lower()

@@ -10,13 +10,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, send_from_directory
 from redis.exceptions import RedisError
 
-from jobs import contracts
-from jobs.records import DatabaseUnavailable
-
-from . import jobqueue
-from .errors import NotFound
-from .extensions import backends
-from .rembg_health import rembg_instances
+from core import contracts
+from core import enqueue as jobqueue
+from core.db.database import DatabaseUnavailable
+from service.errors import NotFound
+from service.extensions import backends
+from service.rembg_health import rembg_instances
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ from flask import Flask, Response, current_app, request
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .auth import current_vendor
-from .errors import ApiError
-from .extensions import backends
+from service.auth import current_vendor
+from service.errors import ApiError
+from service.extensions import backends
 
 log = logging.getLogger(__name__)
 

@@ -9,21 +9,21 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 from redis.exceptions import RedisError
 
-from jobs import contracts, metrics
-from jobs.contracts import (
+from core import contracts, metrics
+from core import enqueue as jobqueue
+from core.contracts import (
     validate_crop_options,
     validate_id,
     validate_mode,
     validate_photo_url,
     validate_remove_bg_options,
 )
-
-from . import jobqueue, webhooks
-from .auth import check_body_vendor, current_vendor, require_vendor
-from .errors import NotFound, ServiceUnavailable, ValidationError
-from .extensions import backends
-from .jobqueue import JobSpec
-from .validation import field, json_body, list_field, validated
+from core.enqueue import JobSpec
+from service import webhooks
+from service.auth import check_body_vendor, current_vendor, require_vendor
+from service.errors import NotFound, ServiceUnavailable, ValidationError
+from service.extensions import backends
+from service.validation import field, json_body, list_field, validated
 
 log = logging.getLogger(__name__)
 

@@ -51,12 +51,11 @@ from limits import parse_many
 from limits.errors import StorageError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from jobs.config import Settings
-from jobs.records import Database
-
-from .auth import authenticate
-from .errors import ApiError, error_response
-from .extensions import backends, is_backend_outage
+from core.config import Settings
+from core.db.database import Database
+from service.auth import authenticate
+from service.errors import ApiError, error_response
+from service.extensions import backends, is_backend_outage
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ ENDPOINT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "batch.batch_queue_stats": (READS,),
 }
 # Never limited: operators' probes and monitoring, local output files, the index, the
-# admin's rq-dashboard (/rq polls every 2.5 s; it is behind ADMIN_PASSWORD, service/admin_auth.py),
+# admin's rq-dashboard (/rq polls every 2.5 s; it is behind ADMIN_PASSWORD, service/admin/auth.py),
 # the admin API (/api/admin, same credentials) and the API docs (/api/openapi.json, /api/docs).
 EXEMPT_BLUEPRINTS = frozenset({"health", "metrics", "rq_dashboard", "admin", "docs"})
 EXEMPT_ENDPOINTS = frozenset({"index", "static", "metrics"})

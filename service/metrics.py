@@ -1,13 +1,13 @@
 """/metrics in Prometheus' text format, read from Redis at scrape time.
 
 Every API process answers the same numbers: counters and histograms are Redis hashes the
-workers and the API increment (jobs/metrics.py), queue depths and worker counts are read live
+workers and the API increment (core/metrics.py), queue depths and worker counts are read live
 from RQ's keys, and the rembg servers are probed like /api/worker/health does (cached
 METRICS_REMBG_CACHE_S per process, so frequent scrapes do not hammer them). Nothing here is
 a per-process prometheus_client counter.
 
 Access: ``Authorization: Bearer <METRICS_TOKEN>`` or the admin's HTTP Basic credentials
-(service/admin_auth.py); 404 while neither is configured. README "Operating it" lists the
+(service/admin/auth.py); 404 while neither is configured. README "Operating it" lists the
 metrics.
 """
 from __future__ import annotations
@@ -27,13 +27,12 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.worker import Worker
 
-from jobs import contracts
-from jobs import metrics as stored
-from jobs.config import Settings
-
-from .admin_auth import require_metrics_reader
-from .extensions import Backends
-from .rembg_health import rembg_instances
+from core import contracts
+from core import metrics as stored
+from core.config import Settings
+from service.admin.auth import require_metrics_reader
+from service.extensions import Backends
+from service.rembg_health import rembg_instances
 
 log = logging.getLogger(__name__)
 

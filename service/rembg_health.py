@@ -18,8 +18,8 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jobs import contracts
-from jobs.config import Settings
+from core import contracts
+from core.config import Settings
 
 # Internal servers: never through HTTP(S)_PROXY.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -2,7 +2,7 @@
 
 A caller's (or proxy's) ``X-Request-ID`` of up to 128 safe characters is kept, so one id can
 follow a request through a load balancer; otherwise the app makes one. The id and, once the
-API key is resolved, the vendor are on ``flask.g``, where jobs/logs.py's filter reads them.
+API key is resolved, the vendor are on ``flask.g``, where core/logs.py's filter reads them.
 """
 from __future__ import annotations
 

@@ -6,9 +6,8 @@ from typing import Any, TypeVar
 
 from flask import request
 
-from jobs.contracts import InvalidField
-
-from .errors import ApiError, ValidationError
+from core.contracts import InvalidField
+from service.errors import ApiError, ValidationError
 
 T = TypeVar("T")
 
@@ -36,7 +35,7 @@ def json_body() -> dict[str, Any]:
 
 
 def field(check: Callable[[Any, str], T], body: dict[str, Any], name: str) -> T:
-    """Run a jobs.contracts validator on ``body[name]``, turning InvalidField into a 400."""
+    """Run a core.contracts validator on ``body[name]``, turning InvalidField into a 400."""
     try:
         return check(body.get(name), name)
     except InvalidField as exc:

@@ -9,12 +9,11 @@ from typing import Any
 
 from redis import Redis
 
-from jobs import contracts
-from jobs.records import Database
-
-from .errors import ApiError
-from .extensions import backends
-from .validation import field
+from core import contracts
+from core.db.database import Database
+from service.errors import ApiError
+from service.extensions import backends
+from service.validation import field
 
 SECRET_PREFIX = "whsec_"
 FIELD = "callbackUrl"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import contracts
+from core import contracts
 from tests.conftest import ROOT
 
 

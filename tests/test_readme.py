@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from jobs.config import Settings
+from core.config import Settings
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

@@ -18,8 +18,8 @@ from PIL import Image
 from rq import Queue
 from rq.job import Job
 
-from jobs import contracts
-from jobs.batch_plan import chunk_job_id
+from core import contracts
+from core.batch_plan import chunk_job_id
 from tests.conftest import free_port
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
 

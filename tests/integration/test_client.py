@@ -24,8 +24,8 @@ import requests
 from PIL import Image
 from rq.job import Job
 
+from core import contracts
 from imagequeue_client import AuthenticationError, BadRequest, Client, NotFound
-from jobs import contracts
 from service import idempotency
 from tests.conftest import ROOT, free_port
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env

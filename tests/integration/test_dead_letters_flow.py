@@ -13,8 +13,8 @@ import redis
 import requests
 from rq.registry import FailedJobRegistry
 
-from jobs import contracts
-from jobs.batch_plan import chunk_job_id
+from core import contracts
+from core.batch_plan import chunk_job_id
 from tests.conftest import ROOT, free_port
 from tests.integration.test_batch_flow import results, wait_batch
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env, wait_for_job

@@ -18,8 +18,8 @@ from PIL import Image
 from rq import Queue
 from rq.job import Job
 
-from jobs import contracts
-from jobs.records import connect
+from core import contracts
+from core.db.database import connect
 from tests.conftest import free_port
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env, wait_for_job
 

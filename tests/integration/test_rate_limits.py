@@ -21,7 +21,7 @@ import pytest
 import redis
 import requests
 
-from jobs.records import connect
+from core.db.database import connect
 from service.auth import create_api_key
 from tests.conftest import ROOT, free_port
 from tests.stack import Stack, running_stack, stack_env

@@ -20,7 +20,7 @@ from PIL import Image
 from rq import Queue
 from rq.job import Job
 
-from jobs import contracts
+from core import contracts
 from tests.conftest import free_port
 from tests.rembg_servers import RembgServers, photo_jpeg
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env, wait_for_job

@@ -21,7 +21,7 @@ import pytest
 import redis
 import requests
 
-from jobs import contracts
+from core import contracts
 from tests.conftest import ROOT, free_port
 from tests.stack import PhotoServer, Stack, running_stack, stack_env, wait_for_job
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.records import Database, connect
+from core.db.database import Database, connect
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])

@@ -12,10 +12,11 @@ import pytest
 import redis
 from rq.job import Job
 
-from jobs import batch, contracts
-from jobs.batch_records import BATCH_COMPLETED, BATCH_PROCESSING, ITEM_COMPLETED, ITEM_FAILED, ITEM_PENDING
-from jobs.config import Settings
-from jobs.records import Database
+from core import contracts
+from core.config import Settings
+from core.db.batches import BATCH_COMPLETED, BATCH_PROCESSING, ITEM_COMPLETED, ITEM_FAILED, ITEM_PENDING
+from core.db.database import Database
+from jobs import batch
 from jobs.storage import LocalStorage
 from jobs.tasks import Context
 

@@ -25,9 +25,8 @@ import pytest
 from PIL import Image
 from requests_hardened.ip_filter import InvalidIPAddress
 
-from jobs import fetch
-from jobs.config import Settings
-from jobs.errors import (
+from core.config import Settings
+from core.errors import (
     FETCH_FAILED,
     FORBIDDEN_ADDRESS,
     IMAGE_NOT_FOUND,
@@ -38,6 +37,7 @@ from jobs.errors import (
     PermanentJobError,
     TransientJobError,
 )
+from jobs import fetch
 from jobs.fetch import (
     FetchedImage,
     ForbiddenAddress,

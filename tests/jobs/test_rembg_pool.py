@@ -16,9 +16,9 @@ import pytest
 import redis
 from PIL import Image
 
-from jobs import contracts
-from jobs.config import Settings
-from jobs.errors import REMBG_REJECTED, REMBG_UNAVAILABLE, PermanentJobError, TransientJobError
+from core import contracts
+from core.config import Settings
+from core.errors import REMBG_REJECTED, REMBG_UNAVAILABLE, PermanentJobError, TransientJobError
 from jobs.rembg_pool import RembgCall, RembgPool
 from service.rembg_health import rembg_instances
 from tests.conftest import free_port

@@ -17,8 +17,8 @@ import pytest
 import requests
 from PIL import Image
 
-from jobs.config import Settings
-from jobs.errors import STORAGE_UNAVAILABLE, PermanentJobError, TransientJobError
+from core.config import Settings
+from core.errors import STORAGE_UNAVAILABLE, PermanentJobError, TransientJobError
 from jobs.storage import (
     STORAGE_REJECTED,
     CloudinaryStorage,

@@ -16,11 +16,12 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from core import contracts
+from core.config import Settings
+from core.db.batches import BATCH_COMPLETED_WITH_ERRORS, BATCH_PROCESSING
+from core.db.database import Database, connect
 from imagequeue_client.webhooks import SignatureError, verify_signature
-from jobs import contracts, webhooks
-from jobs.batch_records import BATCH_COMPLETED_WITH_ERRORS, BATCH_PROCESSING
-from jobs.config import Settings
-from jobs.records import Database, connect
+from jobs import webhooks
 
 SECRET = "whsec_test"
 SETTINGS = Settings(webhook_retries=2, webhook_retry_intervals_s=(1, 1))
@@ -135,7 +136,7 @@ def test_webhook_secrets_are_stored_per_vendor(db: Database) -> None:
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
 def test_migrate_adds_the_webhook_columns_to_an_existing_database(kind: str, request: pytest.FixtureRequest,
                                                                   tmp_path: Path) -> None:
-    from jobs import records
+    from core.db import database as records
 
     url = f"sqlite:///{tmp_path / 'old.sqlite3'}" if kind == "sqlite" else str(request.getfixturevalue("mysql_url"))
     old = connect(url)

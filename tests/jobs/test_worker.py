@@ -13,7 +13,7 @@ import redis
 from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 
-from jobs.errors import WORKER_DIED
+from core.errors import WORKER_DIED
 from jobs.worker import ImageQueueWorker, WorkHorseDied, describe_exit
 
 CALLS = "test:worker:callbacks"

@@ -43,7 +43,7 @@ import requests
 from PIL import Image
 from rq.job import Job
 
-from jobs import contracts
+from core import contracts
 from tests.cloudinary_standin import CloudinaryStandin, _Handler, _Pending
 from tests.conftest import ROOT, free_port, redis_server_binary, wait_for_port
 from tests.reliability.report import Report

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rq.worker import Worker
 
-from jobs import contracts
+from core import contracts
 from tests.reliability.harness import RelStack, horse_of, kill_pid, portrait_jpegs, rel_stack, wait_until
 from tests.reliability.report import Report
 from tests.stack import wait_for_job

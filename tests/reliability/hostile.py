@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from jobs import contracts
+from core import contracts
 from tests.conftest import ROOT, free_port
 from tests.reliability.api_stack import GENEROUS_LIMITS
 from tests.reliability.hostile_corpus import (

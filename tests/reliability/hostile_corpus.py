@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.jobs.test_archive import Raw, bomb_entry, raw_entry, raw_zip, zipcrypto_entry
 
-# Codes a worker uses for a refused or unusable URL (jobs/errors.py): the SSRF corpus must end there.
+# Codes a worker uses for a refused or unusable URL (core/errors.py): the SSRF corpus must end there.
 SSRF_CODES = frozenset({"FORBIDDEN_ADDRESS", "INVALID_URL"})
 # Codes that say "this file is not an image we take" (fetch sniffing, Pillow header checks).
 IMAGE_CODES = frozenset({"NOT_AN_IMAGE", "IMAGE_TOO_LARGE"})

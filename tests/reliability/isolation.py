@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from jobs import contracts
-from jobs.batch_plan import chunk_job_id, ingest_job_id
+from core import contracts
+from core.batch_plan import chunk_job_id, ingest_job_id
 from tests.conftest import free_port
 from tests.reliability.api_stack import GENEROUS_LIMITS
 from tests.reliability.probe_stack import (

@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from rq import Queue
 
-from jobs import contracts
+from core import contracts
 from tests.conftest import ROOT
 from tests.reliability.api_stack import ApiStack, api_stack
 from tests.reliability.report import Report

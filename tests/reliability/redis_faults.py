@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 from rq.job import Job
 
-from jobs import contracts
+from core import contracts
 from tests.conftest import ROOT
 from tests.reliability.harness import (
     RelStack,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from jobs import contracts
+from core import contracts
 from tests.reliability.harness import (
     RelStack,
     horse_of,

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from jobs.records import Database, connect
+from core.db.database import Database, connect
 from service import create_app
 from service.auth import create_api_key
 

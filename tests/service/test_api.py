@@ -16,8 +16,8 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from jobs import contracts
-from jobs.records import connect
+from core import contracts
+from core.db.database import connect
 from service import create_app
 from service.auth import create_api_key
 from tests.service.apps import vendor_app
@@ -266,7 +266,7 @@ def test_web_tier_does_not_import_worker_modules() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, service.wsgi; heavy = [m for m in ('cv2', 'numpy', 'jobs.face_crop', 'jobs.tasks') "
+    code = ("import sys, service.wsgi; heavy = [m for m in ('cv2', 'numpy', 'jobs.imaging.face_crop', 'jobs.tasks') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

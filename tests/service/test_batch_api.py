@@ -18,9 +18,9 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from jobs import contracts
-from jobs.batch_plan import chunk_job_id
-from jobs.records import connect
+from core import contracts
+from core.batch_plan import chunk_job_id
+from core.db.database import connect
 from tests.service.apps import vendor_app
 from tests.service.test_api import assert_error
 

@@ -18,8 +18,8 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from jobs import contracts
-from jobs.records import Database
+from core import contracts
+from core.db.database import Database
 from service import idempotency
 from service.webhooks import create_webhook_secret
 from tests.service.apps import vendor_app

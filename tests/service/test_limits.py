@@ -21,8 +21,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue
 
-from jobs import contracts
-from jobs.records import Database, connect
+from core import contracts
+from core.db.database import Database, connect
 from service import create_app, limits
 from service.auth import create_api_key
 from service.cli import cli

@@ -15,9 +15,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
-from jobs import contracts
+from core import contracts
 from service import create_app
-from service.openapi import OPERATIONS
+from service.openapi.document import OPERATIONS
 from tests.service.test_api import assert_error
 
 # Routes left out on purpose: Flask's static files and rq-dashboard's own pages under /rq.
@@ -76,11 +76,11 @@ def test_every_route_is_documented_and_every_documented_operation_is_a_route(
         app: Flask, document: dict[str, Any]) -> None:
     documented = operations(document)
     missing = routes(app) - set(documented)
-    assert not missing, f"routes missing from the OpenAPI document (add them to service/openapi.py): {missing}"
+    assert not missing, f"routes missing from the OpenAPI document (add them to service/openapi/document.py): {missing}"
     extra = set(documented) - routes(app)
     assert not extra, f"documented operations that are not routes of the app: {extra}"
     undocumented = [key for key, op in documented.items() if op.get("x-undocumented")]
-    assert not undocumented, f"routes without an entry in service/openapi.py OPERATIONS: {undocumented}"
+    assert not undocumented, f"routes without an entry in service/openapi/document.py OPERATIONS: {undocumented}"
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
     assert not set(OPERATIONS) - endpoints, "OPERATIONS entries for endpoints that no longer exist"
     for (path, method), op in documented.items():

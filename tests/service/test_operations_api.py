@@ -23,10 +23,10 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 
-from jobs import contracts, metrics
-from jobs.config import Settings
-from jobs.logs import job_context, logging_config
-from jobs.records import connect
+from core import contracts, metrics
+from core.config import Settings
+from core.db.database import connect
+from core.logs import job_context, logging_config
 from service import create_app
 from service.auth import create_api_key
 from tests.conftest import free_port

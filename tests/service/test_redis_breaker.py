@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs.records import connect
+from core.db.database import connect
 from service import create_app
 from service.auth import create_api_key
 from service.redis_breaker import RedisBreaker, RedisUnavailable, guarded_pool

@@ -15,9 +15,9 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 
-from jobs import contracts
-from jobs.contracts import InvalidField, RemoveBgOptions, remove_bg_options_from_dict, validate_remove_bg_options
-from jobs.records import connect
+from core import contracts
+from core.contracts import InvalidField, RemoveBgOptions, remove_bg_options_from_dict, validate_remove_bg_options
+from core.db.database import connect
 from service import create_app
 from service.auth import create_api_key
 
@@ -140,7 +140,7 @@ def test_web_tier_does_not_import_the_rembg_client() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, service.wsgi; heavy = [m for m in ('jobs.rembg_pool', 'jobs.background', 'pybreaker') "
+    code = ("import sys, service.wsgi; heavy = [m for m in ('jobs.rembg_pool', 'jobs.imaging.background', 'pybreaker') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

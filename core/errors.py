@@ -1,0 +1,62 @@
+"""Job error classes: every failure a job can meet, as permanent or transient, with a code.
+
+Adapters (fetch, storage, records, face_crop) turn library errors into these; tasks raise
+them; RQ's failure callback (jobs.tasks.on_job_failure) reads ``permanent`` to decide whether
+the job may be retried, and ``code`` is what vendors see in job status and the record row.
+"""
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """Base class: a failure with a stable machine-readable code and a human message."""
+
+    permanent: bool = False
+    code: str = "JOB_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class PermanentJobError(JobError):
+    """Retrying cannot help (bad URL, not an image, no face): fail at once."""
+
+    permanent = True
+    code = "PERMANENT_ERROR"
+
+
+class TransientJobError(JobError):
+    """May succeed later (timeouts, 5xx, database or storage briefly down): RQ retries."""
+
+    permanent = False
+    code = "TRANSIENT_ERROR"
+
+
+# Permanent error codes
+INVALID_URL = "INVALID_URL"  # not http(s), unparsable, credentials in URL
+FORBIDDEN_ADDRESS = "FORBIDDEN_ADDRESS"  # resolves to private/loopback/link-local/metadata
+IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"  # 404/410 or other 4xx from the image host
+IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"  # bytes over FETCH_MAX_BYTES or pixels over MAX_IMAGE_PIXELS
+NOT_AN_IMAGE = "NOT_AN_IMAGE"  # content is not a decodable JPEG/PNG/WebP
+NO_FACE = "NO_FACE"  # no face found where the mode requires one
+RECORD_TOO_LARGE = "RECORD_TOO_LARGE"  # one field alone exceeds the DB packet limit
+STORAGE_REJECTED = "STORAGE_REJECTED"  # storage refused the upload (credentials, config, bad file)
+REMBG_REJECTED = "REMBG_REJECTED"  # a rembg server refused the image itself (4xx)
+# ZIP batch ingest, whole archive (core/zipstream/archive.py ArchiveError; per-entry skip codes live there)
+NOT_A_ZIP = "NOT_A_ZIP"  # the upload is not a ZIP archive (empty, an image, another archive type)
+TRUNCATED_ARCHIVE = "TRUNCATED_ARCHIVE"  # the ZIP ends early (incomplete upload)
+CORRUPT_ARCHIVE = "CORRUPT_ARCHIVE"  # the ZIP's structure is broken past recovery
+TOO_MANY_ENTRIES = "TOO_MANY_ENTRIES"  # more entries than ZIP_MAX_ENTRIES
+ARCHIVE_TOO_LARGE = "ARCHIVE_TOO_LARGE"  # images over ZIP_MAX_TOTAL_BYTES, or an unskippable bomb
+# Transient error codes
+FETCH_FAILED = "FETCH_FAILED"  # timeout, connection error, 5xx, 429
+STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+REMBG_UNAVAILABLE = "REMBG_UNAVAILABLE"  # every rembg instance failed, timed out or is cooling down
+JOB_TIMEOUT = "JOB_TIMEOUT"
+WORKER_DIED = "WORKER_DIED"
