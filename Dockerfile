@@ -5,7 +5,9 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 COPY service service
+COPY core core
 COPY jobs jobs
+COPY ops ops
 COPY scripts scripts
 COPY Procfile .
 RUN useradd --system --uid 1000 app && mkdir -p /app/var && chown app /app/var

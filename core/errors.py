@@ -60,3 +60,22 @@ DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
 REMBG_UNAVAILABLE = "REMBG_UNAVAILABLE"  # every rembg instance failed, timed out or is cooling down
 JOB_TIMEOUT = "JOB_TIMEOUT"
 WORKER_DIED = "WORKER_DIED"
+# Job outcomes the settler and the operator tools write
+RECORD_SUPERSEDED = "RECORD_SUPERSEDED"  # permanent: a newer job owns the record; this result would be stale
+UNEXPECTED_ERROR = "UNEXPECTED_ERROR"  # transient: an exception no adapter classified (a bug: see the log)
+JOB_LOST = "JOB_LOST"  # reconcile: Redis lost the job (restart without AOF); requeued from the database
+# Batches
+NO_IMAGES = "NO_IMAGES"  # permanent: the ZIP holds no usable image
+BATCH_NOT_FOUND = "BATCH_NOT_FOUND"  # permanent: the batch row is gone
+SOURCE_MISSING = "SOURCE_MISSING"  # permanent: an extracted image or the upload is gone from UPLOAD_DIR
+# Webhook delivery
+WEBHOOK_FAILED = "WEBHOOK_FAILED"  # transient: not answered 2xx, timeout, connection refused
+WEBHOOK_SECRET_MISSING = "WEBHOOK_SECRET_MISSING"  # permanent: the vendor has no signing secret
+# Per-entry skip codes of a ZIP batch (core/zipstream/entries.py): the entry is skipped, not the batch
+UNSAFE_PATH = "UNSAFE_PATH"
+NESTED_ARCHIVE = "NESTED_ARCHIVE"
+ENCRYPTED = "ENCRYPTED"
+ENTRY_TOO_LARGE = "ENTRY_TOO_LARGE"
+COMPRESSION_RATIO = "COMPRESSION_RATIO"
+CORRUPT_ENTRY = "CORRUPT_ENTRY"
+UNSUPPORTED_COMPRESSION = "UNSUPPORTED_COMPRESSION"

@@ -21,7 +21,8 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Job
 
-from core import contracts, metrics
+from core import contracts, metrics, webhook_events
+from core.batch_outcomes import batch_dir, fail_pending_items, mirror_unmirrored, record_outcomes
 from core.batch_plan import BatchRef, enqueue_chunk
 from core.db.batches import (
     BATCH_FAILED,
@@ -33,23 +34,23 @@ from core.db.batches import (
     ITEM_PENDING,
     ITEM_SKIPPED,
 )
-from core.errors import NO_FACE, JobError, PermanentJobError, TransientJobError
+from core.errors import (
+    BATCH_NOT_FOUND,
+    NO_FACE,
+    NO_IMAGES,
+    SOURCE_MISSING,
+    JobError,
+    PermanentJobError,
+    TransientJobError,
+)
 from core.logs import with_job_context
-from jobs import webhooks
+from jobs.context import Context, context
+from jobs.settle import settle_failure
 from jobs.storage import safe_key
-from jobs.tasks import Context, context, settle_failure
 
 log = logging.getLogger(__name__)
 
 INSERT_BATCH_ROWS = 500  # items written per INSERT while ingesting
-NO_IMAGES = "NO_IMAGES"
-BATCH_NOT_FOUND = "BATCH_NOT_FOUND"
-SOURCE_MISSING = "SOURCE_MISSING"
-
-
-def batch_dir(ctx: Context, batch_id: str) -> Path:
-    """Where a batch's extracted images wait for their chunk (shared with the API host)."""
-    return Path(ctx.settings.upload_dir) / "batches" / batch_id
 
 
 def _ref(batch: dict[str, Any]) -> BatchRef:
@@ -119,7 +120,7 @@ def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
     resume_after = -1
     if existing:  # a re-run after a crash: find the last item already written
         resume_after = _last_seq(ctx, batch_id)
-    folder = batch_dir(ctx, batch_id)
+    folder = batch_dir(ctx.settings, batch_id)
     folder.mkdir(parents=True, exist_ok=True)
     ingest = _Ingest(ctx, job.connection, batch, resume_after)
     log.info("job=%s vendor=%s batch=%s ingesting %s", job.id, batch["vendor_id"], batch_id, path)
@@ -140,7 +141,7 @@ def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
                                 "see the results listing for why)", code=NO_IMAGES)
     ctx.db.set_batch(batch_id, status=BATCH_PROCESSING, only_from=(BATCH_INGESTING,))
     ctx.db.finish_batch_if_done(batch_id)
-    webhooks.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
+    webhook_events.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
     Path(path).unlink(missing_ok=True)
     log.info("job=%s vendor=%s batch=%s ingested %d images (%d skipped) in %d chunks", job.id,
              batch["vendor_id"], batch_id, ingest.images, ingest.skipped,
@@ -179,14 +180,14 @@ def on_ingest_failure(job: Job, connection: Redis, exc_type: type[BaseException]
     ctx = context()
     ctx.db.set_batch(batch_id, status=BATCH_FAILED, error_code=code, error_message=message[:2000],
                      only_from=(BATCH_QUEUED, BATCH_INGESTING))
-    webhooks.notify_batch_if_final(ctx.db, ctx.settings, connection, batch_id)
+    webhook_events.notify_batch_if_final(ctx.db, ctx.settings, connection, batch_id)
     Path(path).unlink(missing_ok=True)
     # Images extracted before the failure but never chunked (a cut ZIP) have no job left to
     # remove them; once every queued image is processed nothing needs the folder (else the
     # last chunk's _record removes it, seeing the batch failed).
     batch = ctx.db.get_batch(batch_id)
     if batch is not None and int(batch["processed"]) >= int(batch["queued"]):
-        shutil.rmtree(batch_dir(ctx, batch_id), ignore_errors=True)
+        shutil.rmtree(batch_dir(ctx.settings, batch_id), ignore_errors=True)
 
 
 def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any]:
@@ -195,11 +196,11 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
     from jobs.imaging import face_crop
 
     job, ctx, batch = _batch_job(batch_id)
-    _mirror_unmirrored(ctx, batch, first_seq, last_seq)
+    mirror_unmirrored(ctx.db, ctx.settings, batch, first_seq, last_seq)
     items = ctx.db.pending_items(batch_id, first_seq, last_seq)
     if not items:  # a re-run after everything was recorded
         ctx.db.finish_batch_if_done(batch_id)
-        webhooks.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
+        webhook_events.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
         metrics.job_succeeded(job.connection, job, count_image=False)
         return {"processed": 0, "failed": 0, "retry": 0}
     ctx.db.count_attempt(batch_id, [item["seq"] for item in items])
@@ -228,8 +229,8 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
             outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                              "status": ITEM_FAILED,
                              "error_code": exc.code, "error_message": exc.message[:2000]})
-    _record(ctx, batch, outcomes)
-    webhooks.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
+    record_outcomes(ctx.db, ctx.settings, batch, outcomes)
+    webhook_events.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
     failed = sum(o["status"] == ITEM_FAILED for o in outcomes)
     metrics.images_finished(job.connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
                             completed=len(outcomes) - failed, failed=failed)
@@ -267,60 +268,6 @@ def _read_source(path: str) -> bytes:
         raise TransientJobError(f"cannot read extracted image {path}: {exc}") from exc
 
 
-def _record(ctx: Context, batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
-    """Write outcomes (counted once), mirror them to the vendor's records, tidy up files."""
-    if not outcomes:
-        return
-    batch_id = batch["batch_id"]
-    ctx.db.record_item_outcomes(batch_id, outcomes)
-    _mirror_records(ctx, batch, outcomes)
-    if batch["source"] == "zip":
-        # By path, never by listing the folder: a million-image batch keeps its images there.
-        for outcome in outcomes:
-            if outcome.get("source"):
-                Path(outcome["source"]).unlink(missing_ok=True)
-    refreshed = ctx.db.get_batch(batch_id)
-    if refreshed is not None and refreshed["status"] not in (BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING):
-        shutil.rmtree(batch_dir(ctx, batch_id), ignore_errors=True)
-
-
-def _mirror_records(ctx: Context, batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
-    """Copy item outcomes to the vendor's record rows (URL batches; only rows still the batch's)."""
-    for outcome in outcomes:
-        if outcome.get("record_id"):
-            ctx.db.update_record(batch["vendor_id"], outcome["record_id"], _record_fields(outcome),
-                                 job_id=batch["batch_id"], chunk_fields=ctx.settings.db_update_chunk_fields)
-
-
-def _mirror_unmirrored(ctx: Context, batch: dict[str, Any], first_seq: int, last_seq: int) -> int:
-    """Finish an earlier run that recorded items but lost the database before mirroring them."""
-    if batch["source"] != "urls":
-        return 0
-    outcomes = ctx.db.unmirrored_outcomes(batch["batch_id"], batch["vendor_id"], first_seq, last_seq)
-    _mirror_records(ctx, batch, outcomes)
-    return len(outcomes)
-
-
-def mirror_batch_records(batch_id: str) -> int:
-    """Copy every finished item's outcome to its record row still left unfinished (``reconcile``)."""
-    ctx = context()
-    batch = ctx.db.get_batch(batch_id)
-    return 0 if batch is None else _mirror_unmirrored(ctx, batch, 0, 2**31 - 1)
-
-
-def _record_fields(outcome: dict[str, Any]) -> dict[str, Any]:
-    from jobs.tasks import _now
-
-    if outcome["status"] == ITEM_COMPLETED:
-        return {"processing_status": contracts.STATUS_COMPLETED, "output_url": outcome["output_url"],
-                "face_detected": outcome["face_detected"], "face_count": outcome["face_count"],
-                "face_box": outcome["face_box"], "output_width": outcome["output_width"],
-                "output_height": outcome["output_height"], "error_code": None, "error_message": None,
-                "completed_at": _now()}
-    return {"processing_status": contracts.STATUS_FAILED, "error_code": outcome["error_code"],
-            "error_message": outcome["error_message"]}
-
-
 @with_job_context
 def on_chunk_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
                      exc_value: BaseException | None, tb: TracebackType | None) -> None:
@@ -330,24 +277,7 @@ def on_chunk_failure(job: Job, connection: Redis, exc_type: type[BaseException] 
     if not final:
         return
     batch_id, first_seq, last_seq = job.args
-    left = fail_pending_items(connection, batch_id, first_seq, last_seq, code, message)
+    ctx = context()
+    left = fail_pending_items(ctx.db, ctx.settings, connection, batch_id, first_seq, last_seq, code, message)
     log.warning("job=%s batch=%s chunk %d-%d gave up on %d image(s): %s", job.id, batch_id, first_seq,
                 last_seq, left, message)
-
-
-def fail_pending_items(connection: Redis, batch_id: str, first_seq: int, last_seq: int, code: str,
-                       message: str) -> int:
-    """Fail a chunk range's still-pending items with one error (its job is over); returns how many."""
-    ctx = context()
-    batch = ctx.db.get_batch(batch_id)
-    if batch is None:
-        return 0
-    _mirror_unmirrored(ctx, batch, first_seq, last_seq)
-    left = ctx.db.pending_items(batch_id, first_seq, last_seq)
-    _record(ctx, batch, [{"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
-                          "status": ITEM_FAILED,
-                          "error_code": code, "error_message": message[:2000]} for item in left])
-    webhooks.notify_batch_if_final(ctx.db, ctx.settings, connection, batch_id, batch)
-    metrics.images_finished(connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
-                            completed=0, failed=len(left))
-    return len(left)

@@ -21,11 +21,10 @@ import cloudinary.exceptions
 import cloudinary.uploader
 
 from core.config import Settings
-from core.errors import STORAGE_UNAVAILABLE, PermanentJobError, TransientJobError
+from core.errors import STORAGE_REJECTED, STORAGE_UNAVAILABLE, PermanentJobError, TransientJobError
 
 log = logging.getLogger(__name__)
 
-STORAGE_REJECTED = "STORAGE_REJECTED"  # Cloudinary refused the request; retrying cannot help
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._@:-]+")
 _UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9._@:-]")

@@ -8,50 +8,27 @@ so a retry overwrites rather than adds.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
-from rq.exceptions import AbandonedJobError
 from rq.job import Job
-from rq.timeouts import JobTimeoutException
 
-from core import contracts, metrics
-from core.config import Settings
-from core.db.database import Database, connect
-from core.errors import JOB_TIMEOUT, WORKER_DIED, JobError, PermanentJobError
+from core import contracts, metrics, webhook_events
+from core.errors import RECORD_SUPERSEDED, JobError, PermanentJobError
 from core.logs import with_job_context
-from jobs import webhooks
-from jobs.storage import Storage, safe_key, storage_from_settings
+from core.payloads import ImageJobPayload
+from jobs.context import Context, context
+from jobs.settle import settle_failure
+from jobs.storage import safe_key
 
 log = logging.getLogger(__name__)
 
-RECORD_SUPERSEDED = "RECORD_SUPERSEDED"
-UNEXPECTED_ERROR = "UNEXPECTED_ERROR"
-
-
-@dataclass(frozen=True)
-class Context:
-    """Per-process settings, database and storage (the DB reconnects itself after fork)."""
-
-    settings: Settings
-    db: Database
-    storage: Storage
-
-
-@lru_cache(maxsize=1)
-def context() -> Context:
-    """Build the worker context once per process from the environment."""
-    settings = Settings.from_env()
-    return Context(settings, connect(settings.database_url), storage_from_settings(settings))
 
 
 def _now() -> datetime:
@@ -64,11 +41,11 @@ def _progress(job: Job | None, value: int) -> None:
         job.save_meta()
 
 
-def _begin(job: Job, ctx: Context, payload: dict[str, Any],
-           stored_result: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
+def _begin(job: Job, ctx: Context, payload: ImageJobPayload,
+           stored_result: Callable[[dict[str, Any], ImageJobPayload], dict[str, Any]] | None = None,
            ) -> dict[str, Any] | None:
     """Count the attempt and mark the record processing; returns a stored result on a re-run."""
-    vendor_id, record_id = payload["vendorId"], payload["recordId"]
+    vendor_id, record_id = payload.vendor_id, payload.record_id
     record = ctx.db.get_record(vendor_id, record_id)
     if record is None or record.get("current_job_id") != job.id:
         raise PermanentJobError(
@@ -89,22 +66,21 @@ def _begin(job: Job, ctx: Context, payload: dict[str, Any],
     return None
 
 
-def _stored_result(record: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-    box = record.get("face_box")
+def _stored_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str, Any]:
     return {
         "success": True,
-        "recordId": payload["recordId"],
-        "mode": payload.get("mode"),
+        "recordId": payload.record_id,
+        "mode": payload.mode,
         "photoUrl": record["output_url"],
         "faceDetected": bool(record.get("face_detected")),
         "faceCount": record.get("face_count"),
-        "faceBox": json.loads(box) if isinstance(box, str) else box,
+        "faceBox": record.get("face_box"),  # decoded by Records.get_record
         "width": record.get("output_width"),
         "height": record.get("output_height"),
     }
 
 
-def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
+def crop_face(data: dict[str, Any]) -> dict[str, Any]:
     """Fetch the photo, crop the largest face per ``mode``, store it, update the record."""
     from jobs.fetch import fetch_image
     from jobs.imaging import face_crop
@@ -112,16 +88,17 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     assert job is not None, "crop_face runs inside an rq worker"
     ctx = context()
-    vendor_id, project_id, record_id = payload["vendorId"], payload["projectId"], payload["recordId"]
+    payload = ImageJobPayload.from_dict(data)
+    vendor_id, project_id, record_id = payload.vendor_id, payload.project_id, payload.record_id
     stored = _begin(job, ctx, payload)
     if stored is not None:
         return stored
     log.info("job=%s vendor=%s record=%s crop %s from %s", job.id, vendor_id, record_id,
-             payload["mode"], payload["photoUrl"])
-    fetched = fetch_image(payload["photoUrl"], ctx.settings)
+             payload.mode, payload.photo_url)
+    fetched = fetch_image(payload.photo_url, ctx.settings)
     _progress(job, 30)
-    options = contracts.crop_options_from_dict(payload.get("options") or {})
-    result = face_crop.process(fetched.data, payload["mode"], options,
+    options = contracts.crop_options_from_dict(payload.options)
+    result = face_crop.process(fetched.data, str(payload.mode), options,
                                max_pixels=ctx.settings.max_image_pixels)
     _progress(job, 70)
     key = safe_key(vendor_id, project_id, record_id, f"face-crop-{job.id}.{result.extension}")
@@ -141,23 +118,23 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
         "completed_at": _now(),
     }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
     log.info("job=%s vendor=%s record=%s completed: %s", job.id, vendor_id, record_id, url)
-    return {"success": True, "recordId": record_id, "mode": payload["mode"], "photoUrl": url, **details}
+    return {"success": True, "recordId": record_id, "mode": payload.mode, "photoUrl": url, **details}
 
 
-def _stored_bg_result(record: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+def _stored_bg_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str, Any]:
     url = record["output_url"]
     return {
         "success": True,
-        "recordId": payload["recordId"],
+        "recordId": payload.record_id,
         "photoUrl": url,
         "format": "jpeg" if url.endswith(".jpg") else "png",
         "width": record.get("output_width"),
         "height": record.get("output_height"),
-        "options": payload.get("options") or {},
+        "options": payload.options,
     }
 
 
-def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
+def remove_background(data: dict[str, Any]) -> dict[str, Any]:
     """Fetch the photo, remove its background on a rembg server, store it, update the record."""
     from jobs.fetch import fetch_image
     from jobs.imaging import background
@@ -166,14 +143,15 @@ def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     assert job is not None, "remove_background runs inside an rq worker"
     ctx = context()
-    vendor_id, project_id, record_id = payload["vendorId"], payload["projectId"], payload["recordId"]
+    payload = ImageJobPayload.from_dict(data)
+    vendor_id, project_id, record_id = payload.vendor_id, payload.project_id, payload.record_id
     stored = _begin(job, ctx, payload, _stored_bg_result)
     if stored is not None:
         return stored
-    options = contracts.remove_bg_options_from_dict(payload.get("options") or {})
+    options = contracts.remove_bg_options_from_dict(payload.options)
     log.info("job=%s vendor=%s record=%s remove background (%s) from %s", job.id, vendor_id, record_id,
-             options.model, payload["photoUrl"])
-    fetched = fetch_image(payload["photoUrl"], ctx.settings)
+             options.model, payload.photo_url)
+    fetched = fetch_image(payload.photo_url, ctx.settings)
     _progress(job, 25)
     prepared = background.prepare(fetched.data, max_pixels=ctx.settings.max_image_pixels)
     _progress(job, 30)
@@ -199,33 +177,6 @@ def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
              removed.instance, url)
     return {"success": True, "recordId": record_id, "photoUrl": url, "format": output.format,
             "width": output.width, "height": output.height, "options": options.to_dict()}
-
-
-def describe_failure(exc: BaseException | None) -> tuple[str, str, bool]:
-    """(code, message, permanent) for any exception a job raised."""
-    if isinstance(exc, JobError):
-        return exc.code, exc.message, exc.permanent
-    if isinstance(exc, JobTimeoutException):
-        return JOB_TIMEOUT, f"the job took longer than its timeout (JOB_TIMEOUT_S): {exc}", False
-    if isinstance(exc, AbandonedJobError):
-        return (WORKER_DIED, "the worker running this job stopped sending heartbeats (killed, or lost "
-                "Redis) and the job was found abandoned", False)
-    return UNEXPECTED_ERROR, f"{type(exc).__name__}: {exc}", False
-
-
-def settle_failure(job: Job, exc: BaseException | None) -> tuple[str, str, bool]:
-    """In an RQ failure callback: stop retries for a permanent error and record it in job meta.
-
-    Returns (code, message, final); RQ reads ``retries_left`` right after the callback, so a
-    permanent error is never retried. Job status and the dead-letter listing read meta.error.
-    """
-    code, message, permanent = describe_failure(exc)
-    if permanent:
-        job.retries_left = 0
-    final = not job.should_retry
-    job.meta["error"] = {"code": code, "message": message, "permanent": permanent, "final": final}
-    job.save_meta()
-    return code, message, final
 
 
 @with_job_context
@@ -269,12 +220,12 @@ def on_job_success(job: Job, connection: Redis, result: Any) -> None:
 
 
 def _notify(job: Job, connection: Redis, event: str, **details: Any) -> None:
-    """Queue the job's completion webhook when it has a callbackUrl (jobs/webhooks.py).
+    """Queue the job's completion webhook when it has a callbackUrl (core/webhook_events.py).
 
     Runs inside RQ's callbacks, where an exception would turn the job's own outcome into a
     failure: a Redis error is logged instead (the job's outcome cannot be saved either then).
     """
     try:
-        webhooks.notify_job(job, connection, context().settings, event, **details)
+        webhook_events.notify_job(job, connection, context().settings, event, **details)
     except RedisError:
         log.exception("job=%s could not queue its %s webhook", job.id, event)

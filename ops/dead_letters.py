@@ -46,6 +46,7 @@ from core.config import Settings
 from core.contracts import ID_PATTERN, InvalidField
 from core.db.batches import BATCH_FAILED, BATCH_QUEUED, ITEM_FAILED
 from core.db.database import Database
+from core.errors import RECORD_SUPERSEDED
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ KIND_INGEST = "batch_ingest"
 KIND_OTHER = "other"
 
 # Reasons a requeue leaves a dead letter where it is.
-RECORD_SUPERSEDED = "RECORD_SUPERSEDED"
 RECORD_MISSING = "RECORD_MISSING"
 BATCH_MISSING = "BATCH_MISSING"
 NOTHING_TO_RETRY = "NOTHING_TO_RETRY"

@@ -39,16 +39,16 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from core import contracts
+from core.batch_outcomes import fail_pending_items, mirror_batch_records
 from core.batch_plan import BatchRef, chunk_job_id, chunk_ranges, enqueue_chunk, enqueue_ingest, ingest_job_id, zip_path
 from core.config import Settings
 from core.db.batches import BATCH_FAILED, BATCH_INGESTING, BATCH_PROCESSING, BATCH_QUEUED
 from core.db.database import Database
 from core.enqueue import JobSpec, enqueue_jobs
+from core.errors import JOB_LOST, SOURCE_MISSING
 
 log = logging.getLogger(__name__)
 
-JOB_LOST = "JOB_LOST"
-SOURCE_MISSING = "SOURCE_MISSING"
 _OVER = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 # Queued, running, retrying, waiting for a rate-limit slot or a dependency: RQ will run it.
 _LIVE = tuple(status for status in JobStatus if status not in (JobStatus.FINISHED, *_OVER))
@@ -202,8 +202,6 @@ class Reconciler:
     # --- batches -------------------------------------------------------------------------------
     def _mirror(self, batch_ids: set[str]) -> None:
         """Records of a URL batch whose image finished while the database dropped the mirror write."""
-        from jobs.batch import mirror_batch_records
-
         for batch_id in sorted(batch_ids):
             if self.dry_run:
                 batch = self.db.get_batch(batch_id)
@@ -211,7 +209,7 @@ class Reconciler:
                     self.result.records_mirrored += len(self.db.unmirrored_outcomes(
                         batch_id, batch["vendor_id"], 0, 2**31 - 1))
             else:
-                self.result.records_mirrored += mirror_batch_records(batch_id)
+                self.result.records_mirrored += mirror_batch_records(self.db, self.settings, batch_id)
 
     def _batch(self, batch: dict[str, Any]) -> None:
         self.result.batches_checked += 1
@@ -247,8 +245,6 @@ class Reconciler:
         return [job for job in Job.fetch_many(sorted(ids), connection=self.redis) if job is not None]
 
     def _chunks(self, ref: BatchRef) -> None:
-        from jobs.batch import fail_pending_items
-
         live: list[tuple[int, int]] = []
         for job in self._chunk_jobs(ref.batch_id):
             first, last = int(job.args[1]), int(job.args[2])
@@ -261,8 +257,8 @@ class Reconciler:
                 if self.dry_run:
                     self.result.images_failed += len(self.db.pending_items(ref.batch_id, first, last))
                 else:
-                    self.result.images_failed += fail_pending_items(self.redis, ref.batch_id, first, last,
-                                                                    code, message)
+                    self.result.images_failed += fail_pending_items(
+                        self.db, self.settings, self.redis, ref.batch_id, first, last, code, message)
         uncovered: list[int] = []
         after = -1
         while page := self.db.pending_seqs(ref.batch_id, after_seq=after):

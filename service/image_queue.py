@@ -19,6 +19,7 @@ from core.contracts import (
     validate_remove_bg_options,
 )
 from core.enqueue import JobSpec
+from core.payloads import ImageJobPayload
 from service import webhooks
 from service.auth import check_body_vendor, current_vendor, require_vendor
 from service.errors import NotFound, ServiceUnavailable, ValidationError
@@ -70,8 +71,7 @@ def _submit(queue_name: str, func: str, kind: str, project_id: str, specs: list[
 
 def _crop_payload(vendor_id: str, project_id: str, record_id: str, url: str, mode: str,
                   options: dict[str, Any]) -> dict[str, Any]:
-    return {"vendorId": vendor_id, "projectId": project_id, "recordId": record_id,
-            "photoUrl": url, "mode": mode, "options": options}
+    return ImageJobPayload(vendor_id, project_id, record_id, url, options, mode=mode).to_dict()
 
 
 def _accepted(body: dict[str, Any]) -> tuple[Response, int]:
@@ -161,8 +161,7 @@ def bulk_crop_face() -> tuple[Response, int]:
 
 def _bg_payload(vendor_id: str, project_id: str, record_id: str, url: str,
                 options: dict[str, Any]) -> dict[str, Any]:
-    return {"vendorId": vendor_id, "projectId": project_id, "recordId": record_id,
-            "photoUrl": url, "options": options}
+    return ImageJobPayload(vendor_id, project_id, record_id, url, options).to_dict()
 
 
 def _bulk_items(body: dict[str, Any], limit: int) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""Batches and their items in the records database (a mixin of ``core.db.database.Database``).
+"""Batches and their items in the records database (a repository joined into ``core.db.database.Database``).
 
 A batch's images are rows of ``batch_items`` (one per image, keyed by batch and sequence
 number), not Redis jobs: a million pending images cost database rows, and Redis only holds
@@ -9,10 +9,9 @@ when a chunk is retried or re-run after a worker crash.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from core.db.engine import Engine, _iso, _now
 
 # Batch statuses.
 BATCH_QUEUED = "queued"  # accepted; ingestion job waiting
@@ -29,48 +28,14 @@ ITEM_COMPLETED = "completed"
 ITEM_FAILED = "failed"
 ITEM_SKIPPED = "skipped"  # a ZIP entry that is not a usable image (reported, not counted)
 
-BATCH_TABLES: list[tuple[str, list[str], list[tuple[str, str]]]] = [
-    ("batches", [
-        "batch_id VARCHAR(64) NOT NULL PRIMARY KEY", "vendor_id VARCHAR(64) NOT NULL",
-        "project_id VARCHAR(128) NOT NULL", "status VARCHAR(32) NOT NULL", "source VARCHAR(16) NOT NULL",
-        "image_count INT NOT NULL DEFAULT 0", "queued INT NOT NULL DEFAULT 0",
-        "processed INT NOT NULL DEFAULT 0", "failed INT NOT NULL DEFAULT 0",
-        "skipped INT NOT NULL DEFAULT 0", "priority INT NOT NULL DEFAULT 5", "mode VARCHAR(16) NOT NULL",
-        "options_json TEXT NULL", "error_code VARCHAR(64) NULL", "error_message TEXT NULL",
-        "created_at {ts} NOT NULL", "updated_at {ts} NOT NULL", "completed_at {ts} NULL",
-    ], [("ix_batches_vendor", "vendor_id, status")]),
-    ("batch_items", [
-        "batch_id VARCHAR(64) NOT NULL", "seq INT NOT NULL", "record_id VARCHAR(128) NULL",
-        "entry_name VARCHAR(1024) NULL", "source TEXT NULL", "status VARCHAR(16) NOT NULL",
-        "output_url TEXT NULL", "face_detected {bool} NULL", "face_count INT NULL", "face_box TEXT NULL",
-        "output_width INT NULL", "output_height INT NULL", "error_code VARCHAR(64) NULL",
-        "error_message TEXT NULL", "attempts INT NOT NULL DEFAULT 0", "updated_at {ts} NULL",
-        "PRIMARY KEY (batch_id, seq)",
-    ], [("ix_batch_items_status", "batch_id, status")]),
-]
-
 _BATCH_FIELDS = ("status", "image_count", "error_code", "error_message", "completed_at")
 _ITEM_RESULT_FIELDS = ("output_url", "face_detected", "face_count", "face_box", "output_width",
                        "output_height", "error_code", "error_message")
 _ITEM_COLUMNS = ("seq", "record_id", "entry_name", "source", "status", "error_code", "error_message")
 
 
-def _now() -> str:
-    from core.db.database import _now as now
-
-    return now()
-
-
-class BatchRecords:
-    """Batch methods of Database (see the module docstring)."""
-
-    if TYPE_CHECKING:  # provided by core.db.database.Database
-        def _execute(self, cur: Any, sql: str, params: Any = (), *, many: bool = False) -> Any: ...
-        def _run(self, work: Callable[[Any], T], *, size: int = 0) -> T: ...
-        def _transaction(self, work: Callable[[Any], T]) -> T: ...
-        def _fetch_one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None: ...
-        def _fetch_all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]: ...
-        def _write(self, sql: str, params: tuple[Any, ...] = (), *, size: int = 0) -> int: ...
+class BatchRows(Engine):
+    """Batch and item rows (see the module docstring)."""
 
     def create_batch(self, batch_id: str, vendor_id: str, project_id: str, *, source: str,
                      priority: int, mode: str, options: dict[str, Any], status: str = BATCH_QUEUED,
@@ -91,8 +56,6 @@ class BatchRecords:
             row = self._fetch_one("SELECT * FROM batches WHERE batch_id = ? AND vendor_id = ?",
                                   (batch_id, vendor_id))
         if row is not None:
-            from core.db.database import _iso
-
             row["options"] = json.loads(row.pop("options_json") or "{}")
             for column in ("created_at", "updated_at", "completed_at"):
                 row[column] = _iso(row[column])

@@ -8,17 +8,20 @@ from __future__ import annotations
 import re
 
 from core.contracts import sniff_image_type as sniff_image
-from core.errors import NOT_AN_IMAGE
-from core.zipstream import directory as zd
 
 # SkippedEntry codes (one entry; the batch goes on). NOT_AN_IMAGE is core.errors' code.
-UNSAFE_PATH = "UNSAFE_PATH"
-NESTED_ARCHIVE = "NESTED_ARCHIVE"
-ENCRYPTED = "ENCRYPTED"
-ENTRY_TOO_LARGE = "ENTRY_TOO_LARGE"
-COMPRESSION_RATIO = "COMPRESSION_RATIO"
-CORRUPT_ENTRY = "CORRUPT_ENTRY"
-UNSUPPORTED_COMPRESSION = "UNSUPPORTED_COMPRESSION"
+from core.errors import (  # noqa: F401 (the skip codes, re-exported where entries are classified)
+    COMPRESSION_RATIO,
+    CORRUPT_ENTRY,
+    ENCRYPTED,
+    ENTRY_TOO_LARGE,
+    NESTED_ARCHIVE,
+    NOT_AN_IMAGE,
+    UNSAFE_PATH,
+    UNSUPPORTED_COMPRESSION,
+)
+from core.zipstream import directory as zd
+
 SNIFF_BYTES = 262  # JPEG/PNG/WebP magic, and tar's "ustar" at 257
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _ARCHIVE_EXTENSIONS = (".zip", ".zipx", ".jar", ".tar", ".tgz", ".gz", ".bz2", ".tbz2", ".xz", ".txz",

@@ -37,17 +37,14 @@ from core.errors import (
     PermanentJobError,
     TransientJobError,
 )
-from jobs import fetch
+from jobs import fetch, pinned_http
 from jobs.fetch import (
     FetchedImage,
-    ForbiddenAddress,
-    address_refusal,
     describe_content,
     fetch_image,
-    parse_allow_networks,
-    resolve_host,
     sniff_image_type,
 )
+from jobs.pinned_http import ForbiddenAddress, address_refusal, parse_allow_networks, resolve_host
 
 MAX_BYTES = 64 * 1024
 READ_TIMEOUT_S = 0.3
@@ -499,7 +496,7 @@ def test_the_connection_goes_to_the_ip_that_was_checked(
     # A rebinding name: first answer loopback (allowed), any later answer the metadata service.
     # Only the fake knows the name, so a second lookup anywhere else would fail the fetch.
     dns = FakeDNS(["127.0.0.1"], ["169.254.169.254"])
-    monkeypatch.setattr(fetch, "_getaddrinfo", dns)
+    monkeypatch.setattr(pinned_http, "_getaddrinfo", dns)
     url = f"http://images.rebind.test:{server.port}/photo.jpg"
     assert fetch_image(url, settings(ONLY_127_0_0_1)).data == IMAGES["jpeg"]
     assert dns.calls == ["images.rebind.test"]
@@ -510,7 +507,7 @@ def test_each_redirect_hop_is_resolved_and_checked_again(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dns = FakeDNS(["127.0.0.1"], ["169.254.169.254"])
-    monkeypatch.setattr(fetch, "_getaddrinfo", dns)
+    monkeypatch.setattr(pinned_http, "_getaddrinfo", dns)
     target = f"http://images.rebind.test:{server.port}/photo.jpg"
     first = f"http://images.rebind.test:{server.port}/redirect?to={quote(target, safe='')}"
     error = expect(PermanentJobError, FORBIDDEN_ADDRESS, first, settings(ONLY_127_0_0_1))
@@ -520,7 +517,7 @@ def test_each_redirect_hop_is_resolved_and_checked_again(
 
 
 def test_a_name_with_any_refused_address_is_refused(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fetch, "_getaddrinfo", FakeDNS(["127.0.0.1", "10.1.2.3"]))
+    monkeypatch.setattr(pinned_http, "_getaddrinfo", FakeDNS(["127.0.0.1", "10.1.2.3"]))
     error = expect(PermanentJobError, FORBIDDEN_ADDRESS, f"http://mixed.test:{server.port}/photo.jpg",
                    settings(ONLY_127_0_0_1))
     assert "10.1.2.3" in error.message and "private" in error.message
@@ -528,7 +525,7 @@ def test_a_name_with_any_refused_address_is_refused(server: Server, monkeypatch:
 
 
 def test_a_name_that_does_not_resolve_is_transient(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fetch, "_getaddrinfo", FakeDNS(socket.gaierror(socket.EAI_NONAME, "not known")))
+    monkeypatch.setattr(pinned_http, "_getaddrinfo", FakeDNS(socket.gaierror(socket.EAI_NONAME, "not known")))
     error = expect(TransientJobError, FETCH_FAILED, "http://nowhere.test/photo.jpg", settings())
     assert "nowhere.test" in error.message
 
@@ -574,7 +571,7 @@ def test_https_verifies_the_certificate_and_sends_sni_for_the_name(
     trusting_the_test_certificate: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = trusting_the_test_certificate
-    monkeypatch.setattr(fetch, "_getaddrinfo", FakeDNS(["127.0.0.1"], ["169.254.169.254"]))
+    monkeypatch.setattr(pinned_http, "_getaddrinfo", FakeDNS(["127.0.0.1"], ["169.254.169.254"]))
     url = f"https://images.rebind.test:{server.port}/photo.png"
     assert fetch_image(url, settings(ONLY_127_0_0_1)).data == IMAGES["png"]
     assert server.server_names == ["images.rebind.test"]
@@ -585,7 +582,7 @@ def test_https_with_a_certificate_for_another_name_is_transient(
     trusting_the_test_certificate: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = trusting_the_test_certificate
-    monkeypatch.setattr(fetch, "_getaddrinfo", FakeDNS(["127.0.0.1"]))
+    monkeypatch.setattr(pinned_http, "_getaddrinfo", FakeDNS(["127.0.0.1"]))
     url = f"https://other.rebind.test:{server.port}/photo.png"
     error = expect(TransientJobError, FETCH_FAILED, url, settings(ONLY_127_0_0_1))
     assert "other.rebind.test" in error.message

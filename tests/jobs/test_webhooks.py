@@ -16,12 +16,11 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from core import contracts
+from core import contracts, webhook_events
 from core.config import Settings
 from core.db.batches import BATCH_COMPLETED_WITH_ERRORS, BATCH_PROCESSING
 from core.db.database import Database, connect
 from imagequeue_client.webhooks import SignatureError, verify_signature
-from jobs import webhooks
 
 SECRET = "whsec_test"
 SETTINGS = Settings(webhook_retries=2, webhook_retry_intervals_s=(1, 1))
@@ -29,7 +28,7 @@ SETTINGS = Settings(webhook_retries=2, webhook_retry_intervals_s=(1, 1))
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
     body = b'{"event":"job.completed","jobId":"j1"}'
-    header = webhooks.sign(SECRET, body, 1_700_000_000)
+    header = webhook_events.sign(SECRET, body, 1_700_000_000)
     expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
     assert header == f"t=1700000000,v1={expected}"
     assert verify_signature(SECRET, header, body, now=1_700_000_100) == json.loads(body)
@@ -38,7 +37,7 @@ def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
 @pytest.mark.parametrize("change", ["body", "secret", "age", "header"])
 def test_the_client_refuses_what_does_not_verify(change: str) -> None:
     body = b'{"event":"job.failed"}'
-    header = webhooks.sign(SECRET, body, 1_700_000_000)
+    header = webhook_events.sign(SECRET, body, 1_700_000_000)
     secret, now = SECRET, 1_700_000_000.0
     if change == "body":
         body = b'{"event":"job.completed"}'
@@ -63,15 +62,15 @@ def make_job(conn: redis.Redis, job_id: str, attempts: int, callback: str | None
 
 
 def state(conn: redis.Redis, kind: str, target: str) -> dict[str, str]:
-    raw: dict[bytes, bytes] = conn.hgetall(webhooks.state_key(kind, target))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = conn.hgetall(webhook_events.state_key(kind, target))  # type: ignore[assignment]
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def test_a_job_event_is_queued_once_per_run(redis_conn: redis.Redis) -> None:
     job = make_job(redis_conn, "j1", attempts=1)
-    assert webhooks.notify_job(job, redis_conn, SETTINGS, "job.completed", result={"photoUrl": "u"})
+    assert webhook_events.notify_job(job, redis_conn, SETTINGS, "job.completed", result={"photoUrl": "u"})
     # RQ runs a finished job again (at-least-once): same run, same event, nothing queued again.
-    assert not webhooks.notify_job(job, redis_conn, SETTINGS, "job.completed", result={"photoUrl": "u"})
+    assert not webhook_events.notify_job(job, redis_conn, SETTINGS, "job.completed", result={"photoUrl": "u"})
     queue = Queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn)
     assert len(queue.job_ids) == 1
     delivery = Job.fetch(queue.job_ids[0], connection=redis_conn)
@@ -84,7 +83,7 @@ def test_a_job_event_is_queued_once_per_run(redis_conn: redis.Redis) -> None:
                     "recordId": "r1", "projectId": "p1", "result": {"photoUrl": "u"}, "eventId": first["eventId"]}
     # Requeued from the failed registry and run again: a new run, a new event.
     job.meta["attempts"] = 2
-    assert webhooks.notify_job(job, redis_conn, SETTINGS, "job.failed", error={"code": "NO_FACE", "message": "m"})
+    assert webhook_events.notify_job(job, redis_conn, SETTINGS, "job.failed", error={"code": "NO_FACE", "message": "m"})
     second = state(redis_conn, "job", "j1")
     assert second["eventId"] != first["eventId"] and json.loads(second["body"])["error"]["code"] == "NO_FACE"
     assert len(queue.job_ids) == 2
@@ -92,7 +91,7 @@ def test_a_job_event_is_queued_once_per_run(redis_conn: redis.Redis) -> None:
 
 def test_jobs_without_a_callback_send_nothing(redis_conn: redis.Redis) -> None:
     job = make_job(redis_conn, "j2", attempts=1, callback=None)
-    assert not webhooks.notify_job(job, redis_conn, SETTINGS, "job.completed", result={})
+    assert not webhook_events.notify_job(job, redis_conn, SETTINGS, "job.completed", result={})
     assert Queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn).job_ids == []
     assert state(redis_conn, "job", "j2") == {}
 
@@ -113,11 +112,11 @@ def test_a_batch_event_is_queued_once_when_final(redis_conn: redis.Redis, db: Da
                               {"seq": 1, "record_id": "r1", "status": "pending"}])
     known = db.get_batch("b1")
     assert known is not None
-    assert not webhooks.notify_batch_if_final(db, SETTINGS, redis_conn, "b1", known)  # still processing
+    assert not webhook_events.notify_batch_if_final(db, SETTINGS, redis_conn, "b1", known)  # still processing
     db.record_item_outcomes("b1", [{"seq": 0, "status": "completed", "output_url": "u"},
                                    {"seq": 1, "status": "failed", "error_code": "NO_FACE", "error_message": "m"}])
-    assert webhooks.notify_batch_if_final(db, SETTINGS, redis_conn, "b1", known)
-    assert not webhooks.notify_batch_if_final(db, SETTINGS, redis_conn, "b1")  # another chunk sees it too
+    assert webhook_events.notify_batch_if_final(db, SETTINGS, redis_conn, "b1", known)
+    assert not webhook_events.notify_batch_if_final(db, SETTINGS, redis_conn, "b1")  # another chunk sees it too
     body = json.loads(state(redis_conn, "batch", "b1")["body"])
     assert body["event"] == f"batch.{BATCH_COMPLETED_WITH_ERRORS}" and body["batchId"] == "b1"
     assert body["progress"] == {"processed": 2, "total": 2, "failed": 1}
@@ -136,12 +135,12 @@ def test_webhook_secrets_are_stored_per_vendor(db: Database) -> None:
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
 def test_migrate_adds_the_webhook_columns_to_an_existing_database(kind: str, request: pytest.FixtureRequest,
                                                                   tmp_path: Path) -> None:
-    from core.db import database as records
+    from core.db import schema
 
     url = f"sqlite:///{tmp_path / 'old.sqlite3'}" if kind == "sqlite" else str(request.getfixturevalue("mysql_url"))
     old = connect(url)
     # The schema before the webhook columns: the tables as first created, with a vendor in them.
-    old._run(lambda cur: [old._execute(cur, statement) for table, columns, indexes in records._TABLES
+    old._run(lambda cur: [old._execute(cur, statement) for table, columns, indexes in schema._TABLES
                           for statement in old.dialect.create_table(table, columns, indexes)])
     old.create_vendor("acme", "Acme")
     assert "webhook_secret" not in old._run(lambda cur: old._columns(cur, "vendors"))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from core.db import database as records
+from core.db import engine, records, schema
 from core.db.database import Database, DatabaseUnavailable, connect
 from core.errors import DATABASE_UNAVAILABLE, RECORD_TOO_LARGE, PermanentJobError, TransientJobError
 from tests.conftest import mysql_server_params
@@ -94,7 +94,7 @@ def test_migrate_is_idempotent(db: Database) -> None:
     db.migrate()
     db.migrate()
     row = db._fetch_one("SELECT version FROM schema_version", ())
-    assert row == {"version": records.SCHEMA_VERSION}
+    assert row == {"version": schema.SCHEMA_VERSION}
     assert _count(db, "schema_version") == 1
     for table in TABLES:
         assert _count(db, table) >= 0
@@ -236,8 +236,8 @@ def test_pid_change_reopens_without_closing_inherited_connection(db: Database) -
     db._pid = -1  # as if this process were a fork of the one that opened the connection
     db.ping()
     assert db._conn is not inherited and db._pid == os.getpid()
-    assert records._ABANDONED[-1] is inherited
-    records._ABANDONED.remove(inherited)
+    assert engine._ABANDONED[-1] is inherited
+    engine._ABANDONED.remove(inherited)
     inherited.close()
 
 

@@ -1,0 +1,93 @@
+"""What a batch's finished images do to the database: item outcomes, record rows, files, webhooks.
+
+Shared by the chunk jobs (jobs/batch.py) and the operator's reconcile (ops/reconcile.py), so
+each takes the database, settings and Redis it was given: reconcile fixes the database it
+was pointed at, never one rebuilt from the environment.
+"""
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from core import contracts, metrics, webhook_events
+from core.config import Settings
+from core.db.batches import BATCH_INGESTING, BATCH_PROCESSING, BATCH_QUEUED, ITEM_COMPLETED, ITEM_FAILED
+from core.db.database import Database
+
+
+def batch_dir(settings: Settings, batch_id: str) -> Path:
+    """Where a batch's extracted images wait for their chunk (shared with the API host)."""
+    return Path(settings.upload_dir) / "batches" / batch_id
+
+
+def record_outcomes(db: Database, settings: Settings, batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
+    """Write outcomes (counted once), mirror them to the vendor's records, tidy up files."""
+    if not outcomes:
+        return
+    batch_id = batch["batch_id"]
+    db.record_item_outcomes(batch_id, outcomes)
+    mirror_records(db, settings, batch, outcomes)
+    if batch["source"] == "zip":
+        # By path, never by listing the folder: a million-image batch keeps its images there.
+        for outcome in outcomes:
+            if outcome.get("source"):
+                Path(outcome["source"]).unlink(missing_ok=True)
+    refreshed = db.get_batch(batch_id)
+    if refreshed is not None and refreshed["status"] not in (BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING):
+        shutil.rmtree(batch_dir(settings, batch_id), ignore_errors=True)
+
+
+def mirror_records(db: Database, settings: Settings, batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
+    """Copy item outcomes to the vendor's record rows (URL batches; only rows still the batch's)."""
+    for outcome in outcomes:
+        if outcome.get("record_id"):
+            db.update_record(batch["vendor_id"], outcome["record_id"], record_fields(outcome),
+                             job_id=batch["batch_id"], chunk_fields=settings.db_update_chunk_fields)
+
+
+def mirror_unmirrored(db: Database, settings: Settings, batch: dict[str, Any], first_seq: int, last_seq: int) -> int:
+    """Finish an earlier run that recorded items but lost the database before mirroring them."""
+    if batch["source"] != "urls":
+        return 0
+    outcomes = db.unmirrored_outcomes(batch["batch_id"], batch["vendor_id"], first_seq, last_seq)
+    mirror_records(db, settings, batch, outcomes)
+    return len(outcomes)
+
+
+def mirror_batch_records(db: Database, settings: Settings, batch_id: str) -> int:
+    """Copy every finished item's outcome to its record row still left unfinished (``reconcile``)."""
+    batch = db.get_batch(batch_id)
+    return 0 if batch is None else mirror_unmirrored(db, settings, batch, 0, 2**31 - 1)
+
+
+def record_fields(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The record-row columns an item outcome sets."""
+    if outcome["status"] == ITEM_COMPLETED:
+        return {"processing_status": contracts.STATUS_COMPLETED, "output_url": outcome["output_url"],
+                "face_detected": outcome["face_detected"], "face_count": outcome["face_count"],
+                "face_box": outcome["face_box"], "output_width": outcome["output_width"],
+                "output_height": outcome["output_height"], "error_code": None, "error_message": None,
+                "completed_at": datetime.now(UTC)}
+    return {"processing_status": contracts.STATUS_FAILED, "error_code": outcome["error_code"],
+            "error_message": outcome["error_message"]}
+
+
+def fail_pending_items(db: Database, settings: Settings, connection: Redis, batch_id: str, first_seq: int,
+                       last_seq: int, code: str, message: str) -> int:
+    """Fail a chunk range's still-pending items with one error (its job is over); returns how many."""
+    batch = db.get_batch(batch_id)
+    if batch is None:
+        return 0
+    mirror_unmirrored(db, settings, batch, first_seq, last_seq)
+    left = db.pending_items(batch_id, first_seq, last_seq)
+    record_outcomes(db, settings, batch, [{"seq": item["seq"], "record_id": item["record_id"],
+                                           "source": item["source"], "status": ITEM_FAILED,
+                                           "error_code": code, "error_message": message[:2000]} for item in left])
+    webhook_events.notify_batch_if_final(db, settings, connection, batch_id, batch)
+    metrics.images_finished(connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
+                            completed=0, failed=len(left))
+    return len(left)
