@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
-from rq import Callback, Queue, RateLimit, Retry
+from rq import Callback, Queue, RateLimit
 from rq.job import Job
 
 from core import contracts
 from core.config import Settings
+from core.enqueue import job_retry
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def enqueue_chunk(redis: Redis, batch: BatchRef, first_seq: int, last_seq: int, 
         job_timeout=settings.batch_chunk_timeout_s,
         result_ttl=settings.batch_chunk_result_ttl_s,
         failure_ttl=settings.job_failure_ttl_s,
-        retry=Retry(max=settings.job_retries, interval=list(settings.job_retry_intervals_s))
+        retry=job_retry(settings)
         if settings.job_retries > 0 else None,
         on_failure=Callback(contracts.ON_CHUNK_FAILURE),
         rate_limit=RateLimit(f"batch:{batch.vendor_id}:p{batch.priority}", settings.batch_vendor_concurrency),
@@ -82,7 +83,7 @@ def enqueue_ingest(redis: Redis, batch: BatchRef, path: str, settings: Settings)
         job_timeout=24 * 3600,  # a 5 GB ZIP of a million images takes a while to stream
         result_ttl=settings.job_result_ttl_s,
         failure_ttl=settings.job_failure_ttl_s,
-        retry=Retry(max=settings.job_retries, interval=list(settings.job_retry_intervals_s))
+        retry=job_retry(settings)
         if settings.job_retries > 0 else None,
         on_failure=Callback(contracts.ON_INGEST_FAILURE),
         meta={"vendor_id": batch.vendor_id, "batch_id": batch.batch_id},

@@ -52,7 +52,8 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def _retry(settings: Settings) -> Retry | None:
+def job_retry(settings: Settings) -> Retry | None:
+    """The one Retry policy of image jobs: JOB_RETRIES after JOB_RETRY_INTERVALS_S (None: no retry)."""
     if settings.job_retries <= 0:
         return None
     return Retry(max=settings.job_retries, interval=list(settings.job_retry_intervals_s))
@@ -68,7 +69,7 @@ def enqueue_jobs(queue: Queue, func: str, specs: list[JobSpec], settings: Settin
             timeout=settings.job_timeout_s,
             result_ttl=settings.job_result_ttl_s,
             failure_ttl=settings.job_failure_ttl_s,
-            retry=_retry(settings),
+            retry=job_retry(settings),
             on_failure=Callback(contracts.ON_JOB_FAILURE),
             on_success=Callback(contracts.ON_JOB_SUCCESS),
             meta={
