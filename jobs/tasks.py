@@ -80,7 +80,7 @@ def _stored_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str
     }
 
 
-def crop_face(data: dict[str, Any]) -> dict[str, Any]:
+def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     """Fetch the photo, crop the largest face per ``mode``, store it, update the record."""
     from jobs.fetch import fetch_image
     from jobs.imaging import face_crop
@@ -88,17 +88,17 @@ def crop_face(data: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     assert job is not None, "crop_face runs inside an rq worker"
     ctx = context()
-    payload = ImageJobPayload.from_dict(data)
-    vendor_id, project_id, record_id = payload.vendor_id, payload.project_id, payload.record_id
-    stored = _begin(job, ctx, payload)
+    image_job = ImageJobPayload.from_dict(payload)
+    vendor_id, project_id, record_id = image_job.vendor_id, image_job.project_id, image_job.record_id
+    stored = _begin(job, ctx, image_job)
     if stored is not None:
         return stored
     log.info("job=%s vendor=%s record=%s crop %s from %s", job.id, vendor_id, record_id,
-             payload.mode, payload.photo_url)
-    fetched = fetch_image(payload.photo_url, ctx.settings)
+             image_job.mode, image_job.photo_url)
+    fetched = fetch_image(image_job.photo_url, ctx.settings)
     _progress(job, 30)
-    options = contracts.crop_options_from_dict(payload.options)
-    result = face_crop.process(fetched.data, str(payload.mode), options,
+    options = contracts.crop_options_from_dict(image_job.options)
+    result = face_crop.process(fetched.data, str(image_job.mode), options,
                                max_pixels=ctx.settings.max_image_pixels)
     _progress(job, 70)
     key = safe_key(vendor_id, project_id, record_id, f"face-crop-{job.id}.{result.extension}")
@@ -118,7 +118,7 @@ def crop_face(data: dict[str, Any]) -> dict[str, Any]:
         "completed_at": _now(),
     }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
     log.info("job=%s vendor=%s record=%s completed: %s", job.id, vendor_id, record_id, url)
-    return {"success": True, "recordId": record_id, "mode": payload.mode, "photoUrl": url, **details}
+    return {"success": True, "recordId": record_id, "mode": image_job.mode, "photoUrl": url, **details}
 
 
 def _stored_bg_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def _stored_bg_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[
     }
 
 
-def remove_background(data: dict[str, Any]) -> dict[str, Any]:
+def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
     """Fetch the photo, remove its background on a rembg server, store it, update the record."""
     from jobs.fetch import fetch_image
     from jobs.imaging import background
@@ -143,15 +143,15 @@ def remove_background(data: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     assert job is not None, "remove_background runs inside an rq worker"
     ctx = context()
-    payload = ImageJobPayload.from_dict(data)
-    vendor_id, project_id, record_id = payload.vendor_id, payload.project_id, payload.record_id
-    stored = _begin(job, ctx, payload, _stored_bg_result)
+    image_job = ImageJobPayload.from_dict(payload)
+    vendor_id, project_id, record_id = image_job.vendor_id, image_job.project_id, image_job.record_id
+    stored = _begin(job, ctx, image_job, _stored_bg_result)
     if stored is not None:
         return stored
-    options = contracts.remove_bg_options_from_dict(payload.options)
+    options = contracts.remove_bg_options_from_dict(image_job.options)
     log.info("job=%s vendor=%s record=%s remove background (%s) from %s", job.id, vendor_id, record_id,
-             options.model, payload.photo_url)
-    fetched = fetch_image(payload.photo_url, ctx.settings)
+             options.model, image_job.photo_url)
+    fetched = fetch_image(image_job.photo_url, ctx.settings)
     _progress(job, 25)
     prepared = background.prepare(fetched.data, max_pixels=ctx.settings.max_image_pixels)
     _progress(job, 30)
