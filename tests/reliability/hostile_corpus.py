@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from tests.jobs.test_archive import Raw, bomb_entry, raw_entry, raw_zip, zipcrypto_entry
+from tests.core.test_archive import Raw, bomb_entry, raw_entry, raw_zip, zipcrypto_entry
 
 # Codes a worker uses for a refused or unusable URL (core/errors.py): the SSRF corpus must end there.
 SSRF_CODES = frozenset({"FORBIDDEN_ADDRESS", "INVALID_URL"})
