@@ -15,6 +15,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class SettingError(ValueError):
+    """A setting's value cannot be read; the message names the variable and what it expects."""
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
@@ -23,8 +27,27 @@ def _str_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def _bool(text: str) -> bool:
-    return text.strip().lower() in {"1", "true", "yes", "on"}
+    value = text.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(text)
+    return value in _TRUE
+
+
+def _expected(name: str, default: Any) -> str:
+    """What a setting's value must look like, in words, with its unit and default."""
+    unit = next((words for suffix, words in (("_s", " of seconds"), ("_bytes", " of bytes"), ("_days", " of days"))
+                 if name.endswith(suffix)), "")
+    if isinstance(default, bool):
+        return f"true or false (also 1/0, yes/no, on/off); default {str(default).lower()}"
+    if isinstance(default, int):
+        return f"a whole number{unit}, e.g. {default} (the default)"
+    if isinstance(default, float):
+        return f"a number{unit}, e.g. {default:g} (the default)"
+    return f"comma-separated whole numbers{unit}, e.g. {','.join(map(str, default))} (the default)"
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,12 @@ class Settings:
     fetch_allow_networks: tuple[str, ...] = ()
     max_image_pixels: int = 60_000_000
 
+    # --- face detection (jobs/imaging/detectors; docs/faces.md) -------------------------
+    # The face detector of crop jobs and batches that do not name one (options.detector):
+    # "yunet" (a small CNN with landmarks; its model file is committed and md5-checked when a
+    # worker starts) or "haar" (OpenCV's Haar cascades, the seeds' detector). Read by workers.
+    face_detector: str = "yunet"
+
     # --- jobs --------------------------------------------------------------------------
     job_timeout_s: int = 60
     job_retries: int = 3  # retries after the first attempt
@@ -77,6 +106,9 @@ class Settings:
     # An instance that failed or timed out is skipped this long, then probed (GET /openapi.json).
     rembg_cooldown_s: int = 30
     rembg_probe_timeout_s: float = 1.0  # that probe, and the health route's
+    # zlib level (0-9) of the cut-out PNGs the workers encode (jobs/imaging/cutout.py). 1 is
+    # ~4x faster than 6 at 12 MP for ~14-18 % more bytes (docs/background.md has the measurements).
+    bg_png_compress_level: int = 1
 
     # --- batches -----------------------------------------------------------------------
     # Folder shared by the API (uploads) and the ingestion/face-detection workers (extracted images).
@@ -88,6 +120,10 @@ class Settings:
     # Chunks of one vendor and priority queued or running at once (RQ RateLimit): one vendor's
     # huge batch waits in its own line instead of filling the queue ahead of other vendors.
     batch_vendor_concurrency: int = 4
+    # Background-removal chunks (operation removeBg) of one vendor and priority queued or running
+    # at once (their own RQ RateLimit key): each runs one rembg call at a time, so one vendor's
+    # batch holds at most this many rembg calls and single jobs keep the rest of the servers.
+    batch_rembg_concurrency: int = 2
     batch_chunk_result_ttl_s: int = 600
     # ZIP ingest guards (core/zipstream/archive.py ArchiveLimits; README "ZIP guards").
     zip_max_entries: int = 1_100_000  # entries of any kind; more fails the batch (TOO_MANY_ENTRIES)
@@ -152,6 +188,17 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
 
+    # --- error reports (core/sentry.py) ------------------------------------------------
+    # Sentry DSN: the API's unhandled errors and jobs that failed for good (not vendors' bad
+    # input) are reported there. Empty: the SDK is not even imported and nothing is sent.
+    sentry_dsn: str = field(default="", repr=False)
+    sentry_environment: str = "production"
+    sentry_traces_sample_rate: float = 0.0  # share of requests and jobs traced (performance); 0: none
+
+    # --- housekeeping (ops/cleanup.py; python -m service.cli cleanup) ----------------------
+    # Finished records, batches and local output files older than this many days are deleted.
+    cleanup_retention_days: int = 90
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Read every field from ``env`` (default os.environ) by its upper-case name."""
@@ -162,18 +209,22 @@ class Settings:
             if raw is None or raw == "":
                 continue
             default = getattr(cls, f.name)
-            if isinstance(default, bool):
-                values[f.name] = _bool(raw)
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            elif f.name in ("job_retry_intervals_s", "webhook_retry_intervals_s"):
-                values[f.name] = _int_list(raw)
-            elif isinstance(default, tuple):
-                values[f.name] = _str_list(raw)
-            else:
-                values[f.name] = raw
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = _bool(raw)
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif f.name in ("job_retry_intervals_s", "webhook_retry_intervals_s"):
+                    values[f.name] = _int_list(raw)
+                elif isinstance(default, tuple):
+                    values[f.name] = _str_list(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise SettingError(f"{f.name.upper()}={raw!r} is not valid: expected "
+                                   f"{_expected(f.name, default)}") from None
         return replace(cls(**values), **overrides)
 
     @property

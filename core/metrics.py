@@ -34,11 +34,17 @@ JOB_RETRIES = "iq:metrics:job_retries"  # [queue, code]: failed attempts that RQ
 JOB_DURATION = "iq:metrics:job_duration"  # [queue, outcome, le | "sum"]: one attempt, start to end
 VENDOR_SUBMITTED = "iq:metrics:vendor_submitted"  # [vendor, kind]: images queued
 VENDOR_FINISHED = "iq:metrics:vendor_finished"  # [vendor, kind, status]: images completed / failed
-ALL_HASHES = (JOBS_FINISHED, JOBS_FAILED, JOB_RETRIES, JOB_DURATION, VENDOR_SUBMITTED, VENDOR_FINISHED)
+HTTP_REQUESTS = "iq:metrics:http_requests"  # [route, method, status]: API answers
+HTTP_DURATION = "iq:metrics:http_duration"  # [route, method, le | "sum"]: request start to answer
+ALL_HASHES = (JOBS_FINISHED, JOBS_FAILED, JOB_RETRIES, JOB_DURATION, VENDOR_SUBMITTED, VENDOR_FINISHED,
+              HTTP_REQUESTS, HTTP_DURATION)
 
 # Upper bounds (seconds) of the job duration buckets; a face crop takes well under a second,
 # background removal a few, a batch chunk of 16 images up to a minute or two.
 DURATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+# Upper bounds (seconds) of the HTTP request buckets: most answers take milliseconds, a ZIP
+# upload streams for minutes.
+HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 INF = "+Inf"
 SUM = "sum"
 
@@ -63,10 +69,10 @@ def labels_of(raw: bytes | str) -> tuple[str, ...]:
     return tuple(json.loads(raw))
 
 
-def bucket_of(seconds: float) -> str:
+def bucket_of(seconds: float, buckets: tuple[float, ...] = DURATION_BUCKETS_S) -> str:
     """The smallest bucket bound holding ``seconds``, as written in the ``le`` label."""
-    index = bisect.bisect_left(DURATION_BUCKETS_S, seconds)
-    return INF if index == len(DURATION_BUCKETS_S) else repr(DURATION_BUCKETS_S[index])
+    index = bisect.bisect_left(buckets, seconds)
+    return INF if index == len(buckets) else repr(buckets[index])
 
 
 def _aware(moment: datetime) -> datetime:
@@ -84,7 +90,7 @@ def elapsed_s(job: Job) -> float | None:
     return (ended - started).total_seconds()
 
 
-def _write(redis: Redis, increments: Iterable[tuple[str, str, float]]) -> None:
+def _write(redis: Redis, increments: Iterable[tuple[str, str, float]], *, level: int = logging.WARNING) -> None:
     # Metrics never decide a job's fate: a failed write is logged, not raised.
     pipe = redis.pipeline(transaction=False)
     for key, name, amount in increments:
@@ -95,7 +101,7 @@ def _write(redis: Redis, increments: Iterable[tuple[str, str, float]]) -> None:
     try:
         pipe.execute()
     except RedisError as exc:
-        log.warning("metrics not recorded (Redis unavailable): %s", exc)
+        log.log(level, "metrics not recorded (Redis unavailable): %s", exc)
 
 
 def _duration(queue: str, outcome: str, seconds: float | None) -> list[tuple[str, str, float]]:
@@ -154,6 +160,16 @@ def images_finished(redis: Redis, vendor: str, kind: str, *, completed: int, fai
                   for status, count in ((COMPLETED, completed), (FAILED, failed)) if count > 0]
     if increments:
         _write(redis, increments)
+
+
+def http_request(redis: Redis, route: str, method: str, status: int, seconds: float) -> None:
+    """One API answer: counted by route template, method and status, and timed.
+
+    Logged at DEBUG when Redis is down: the API then answers 503 to every request, and a
+    warning per request would drown the one that says Redis is down."""
+    _write(redis, [(HTTP_REQUESTS, field(route, method, status), 1),
+                   (HTTP_DURATION, field(route, method, bucket_of(seconds, HTTP_BUCKETS_S)), 1),
+                   (HTTP_DURATION, field(route, method, SUM), float(seconds))], level=logging.DEBUG)
 
 
 def read_all(redis: Redis) -> dict[str, dict[tuple[str, ...], float]]:

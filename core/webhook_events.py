@@ -10,6 +10,8 @@ operator tools can finish a batch too; the HTTP delivery lives in jobs/webhooks.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -62,6 +64,29 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
+STANDARD_SECRET_PREFIX = "whsec_"
+
+
+def standard_signature(secret: str, event_id: str, timestamp: int, body: bytes) -> str | None:
+    """The Standard Webhooks ``webhook-signature`` value, or None for a secret it cannot use.
+
+    Standard Webhooks (the spec behind off-the-shelf verifiers such as the ``standardwebhooks``
+    package) signs "<webhook-id>.<webhook-timestamp>.<body>" with HMAC-SHA256 keyed by the
+    base64-decoded part of a ``whsec_<base64>`` secret, and sends ``v1,<base64 digest>``.
+    Secrets made before these headers existed are URL-safe tokens, not base64: those get no
+    standard signature (rotating the secret gives one); X-ImageQueue-Signature signs either way.
+    """
+    encoded = secret.removeprefix(STANDARD_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not key:
+        return None
+    mac = hmac.new(key, f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode("ascii")
+
+
 # --- triggers (run in the job callbacks and the batch code) ----------------------------------
 def notify_job(job: Job, connection: Redis, settings: Settings, event: str, *,
                result: Any = None, error: dict[str, Any] | None = None) -> bool:
@@ -102,11 +127,14 @@ def notify_batch_if_final(db: Database, settings: Settings, connection: Redis, b
     eid = event_id("batch", batch_id, event)
     body: dict[str, Any] = {
         "eventId": eid, "event": event, "batchId": batch_id, "vendorId": current["vendor_id"],
-        "projectId": current["project_id"], "status": status, "imageCount": int(current["image_count"]),
-        "skipped": int(current["skipped"]),
+        "projectId": current["project_id"], "status": status,
+        "operation": current.get("operation") or contracts.OPERATION_CROP_FACE,
+        "imageCount": int(current["image_count"]), "skipped": int(current["skipped"]),
+        "canceled": int(current.get("canceled") or 0),
         "progress": {"processed": int(current["processed"]), "total": int(current["image_count"]),
                      "failed": int(current["failed"])},
         "resultsUrl": f"/api/batch/{batch_id}/results",
+        "resultsZipUrl": f"/api/batch/{batch_id}/results.zip",
     }
     if current.get("error_code"):
         body["error"] = {"code": current["error_code"], "message": current["error_message"]}

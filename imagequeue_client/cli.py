@@ -2,8 +2,10 @@
 
 Key and server: ``--api-key`` or ``IMAGEQUEUE_API_KEY``; ``--url`` or ``IMAGEQUEUE_URL``. The final
 JSON (the submission, or the job/batch once finished with ``--wait``/``--watch``) goes to stdout;
-progress bars and messages go to stderr. Exit status: 0 done, 1 error or the job/batch failed,
-2 bad usage, 3 a batch completed with errors.
+progress bars and messages go to stderr. Bars need tqdm (the ``[cli]`` extra) and a terminal
+on stderr: without tqdm, or when stderr is a file or a pipe, the CLI works the same without
+them (``--progress`` forces them into a pipe, ``--quiet`` turns them off). Exit status: 0 done,
+1 error or the job/batch failed, 2 bad usage, 3 a batch completed with errors.
 """
 from __future__ import annotations
 
@@ -31,17 +33,32 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_hinted: list[bool] = []  # the missing-tqdm hint is said once per run
+
+
+def _no_bar(done: float, total: float | None, postfix: str | None) -> None:
+    return None
+
+
 @contextmanager
 def _bar(args: argparse.Namespace, total: float | None, unit: str, desc: str,
          **kwargs: Any) -> Iterator[Callable[[float, float | None, str | None], None]]:
-    """A progress bar on stderr (none with --quiet); yields update(done, total, postfix)."""
-    if args.quiet:
-        yield lambda done, total, postfix: None
+    """A progress bar on stderr; yields update(done, total, postfix).
+
+    None (a no-op update) with --quiet, when stderr is not a terminal (unless --progress), or
+    when tqdm is not installed (the client's ``[cli]`` extra): the command works the same.
+    """
+    if args.quiet or not (args.progress or sys.stderr.isatty()):
+        yield _no_bar
         return
     try:
         from tqdm import tqdm
     except ImportError:
-        raise SystemExit("progress bars need tqdm: pip install 'imagequeue-client[cli]' (or use --quiet)") from None
+        if not _hinted:
+            _hinted.append(True)
+            _say("(no progress bars: tqdm is not installed; pip install 'imagequeue-client[cli]')")
+        yield _no_bar
+        return
     bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
     def update(done: float, new_total: float | None = None, postfix: str | None = None) -> None:
@@ -109,10 +126,19 @@ def _finish_job(client: Client, args: argparse.Namespace, submitted: dict[str, A
     return EXIT_OK
 
 
+def _photo(args: argparse.Namespace) -> dict[str, Any]:
+    """PHOTO_URL, or a local file sent itself (then --wait asks the server to wait, up to 30 s)."""
+    if args.photo_url.startswith(("http://", "https://")):
+        return {"photo_url": args.photo_url}
+    if not os.path.isfile(args.photo_url):
+        raise SystemExit(f"{args.photo_url!r} is neither an http(s) URL nor a file")
+    return {"file": args.photo_url, "wait": 30.0 if (args.wait or args.download) else None}
+
+
 def cmd_crop(client: Client, args: argparse.Namespace) -> int:
-    """crop PHOTO_URL: queue a face crop."""
-    submitted = client.crop_face(args.record, args.project, args.photo_url, args.mode,
-                                 options=_options(args.option), callback_url=args.callback_url)
+    """crop PHOTO_URL|FILE: queue a face crop."""
+    submitted = client.crop_face(args.record, args.project, mode=args.mode, options=_options(args.option),
+                                 callback_url=args.callback_url, **_photo(args))
     _say(f"queued face crop job {submitted['jobId']} ({submitted.get('estimatedTime')})")
     return _finish_job(client, args, submitted)
 
@@ -122,8 +148,8 @@ def cmd_remove_bg(client: Client, args: argparse.Namespace) -> int:
     options = _options(args.option) or {}
     if args.bg_color:
         options["bgColor"] = args.bg_color
-    submitted = client.remove_background(args.record, args.project, args.photo_url, options=options or None,
-                                         callback_url=args.callback_url)
+    submitted = client.remove_background(args.record, args.project, options=options or None,
+                                         callback_url=args.callback_url, **_photo(args))
     _say(f"queued background removal job {submitted['jobId']} ({submitted.get('estimatedTime')})")
     return _finish_job(client, args, submitted)
 
@@ -223,7 +249,8 @@ def cmd_batch_urls(client: Client, args: argparse.Namespace) -> int:
     """batch-urls FILE.csv: queue a batch of recordId,imageUrl rows."""
     images = _read_csv(args.file)
     submitted = client.add_images(args.project, images, priority=args.priority, mode=args.mode,
-                                  options=_options(args.option), callback_url=args.callback_url)
+                                  options=_options(args.option), callback_url=args.callback_url,
+                                  operation=args.operation)
     _say(f"queued batch {submitted['batchId']}: {submitted.get('queued')} images")
     return _finish_batch(client, args, submitted)
 
@@ -234,9 +261,52 @@ def cmd_batch_zip(client: Client, args: argparse.Namespace) -> int:
     with _bar(args, size, "B", "upload", unit_scale=True, unit_divisor=1024) as update:
         submitted = client.upload_zip(args.file, args.project, priority=args.priority, mode=args.mode,
                                       options=_options(args.option), callback_url=args.callback_url,
-                                      on_progress=lambda sent, total: update(sent, total, None))
+                                      on_progress=lambda sent, total: update(sent, total, None),
+                                      operation=args.operation)
     _say(f"uploaded batch {submitted['batchId']}: {submitted.get('imageCount')} images")
     return _finish_batch(client, args, submitted)
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    """cancel JOB_ID: cancel a waiting, delayed or active job."""
+    _print(client.cancel_job(args.job_id))
+    return EXIT_OK
+
+
+def cmd_records(client: Client, args: argparse.Namespace) -> int:
+    """records: list the vendor's records, newest first (JSON lines)."""
+    for count, record in enumerate(client.iter_records(project_id=args.project, status=args.status), start=1):
+        print(json.dumps(record))
+        if args.limit and count >= args.limit:
+            break
+    return EXIT_OK
+
+
+def cmd_batch_list(client: Client, args: argparse.Namespace) -> int:
+    """batch list: the vendor's batches, newest first (JSON lines)."""
+    for count, batch in enumerate(client.iter_batches(project_id=args.project, status=args.status), start=1):
+        print(json.dumps(batch))
+        if args.limit and count >= args.limit:
+            break
+    return EXIT_OK
+
+
+def cmd_batch_cancel(client: Client, args: argparse.Namespace) -> int:
+    """batch cancel BATCH_ID: cancel a batch's pending images."""
+    answer = client.cancel_batch(args.batch_id)
+    _say(answer.get("message", "canceled"))
+    _print(answer["batch"])
+    return EXIT_OK
+
+
+def cmd_batch_results_zip(client: Client, args: argparse.Namespace) -> int:
+    """batch results-zip BATCH_ID -o FILE.zip: download the batch's results ZIP."""
+    target = args.output or f"{args.batch_id}-results.zip"
+    # The server builds the ZIP as it sends it: its size is not known, the bar counts bytes.
+    with _bar(args, None, "B", "results.zip", unit_scale=True, unit_divisor=1024) as update:
+        path = client.download_results(args.batch_id, target, on_progress=lambda done: update(done, None, None))
+    _say(f"saved {path} ({path.stat().st_size} bytes)")
+    return EXIT_OK
 
 
 # --- argument parsing ----------------------------------------------------------------------
@@ -248,7 +318,26 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--api-key", default=argparse.SUPPRESS, help="API key (default: $IMAGEQUEUE_API_KEY)")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds per HTTP request (30)")
     common.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    common.add_argument("--progress", action="store_true", default=argparse.SUPPRESS,
+                        help="progress bars even when stderr is not a terminal (they need tqdm)")
     return common
+
+
+def cmd_id_photo(client: Client, args: argparse.Namespace) -> int:
+    """id-photo PHOTO_URL|FILE: queue an ID photo (--spec icao|us|schengen|idcard or a custom spec as JSON)."""
+    options = _options(args.option) or {}
+    if args.background:
+        options["background"] = args.background
+    spec: Any = args.spec
+    if spec.lstrip().startswith("{"):
+        try:
+            spec = json.loads(spec)
+        except ValueError:
+            raise SystemExit(f"--spec {args.spec!r} is neither a spec name nor a JSON object") from None
+    submitted = client.id_photo(args.record, args.project, spec=spec, options=options or None,
+                                callback_url=args.callback_url, **_photo(args))
+    _say(f"queued ID photo job {submitted['jobId']} ({submitted.get('estimatedTime')})")
+    return _finish_job(client, args, submitted)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     def job_command(name: str, handler: Callable[[Client, argparse.Namespace], int], help_text: str) \
             -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
-        sub.add_argument("photo_url", metavar="PHOTO_URL")
+        sub.add_argument("photo_url", metavar="PHOTO_URL", help="the photo's URL, or a local file to send itself")
         sub.add_argument("--record", required=True, help="your record id (recordId)")
         sub.add_argument("--project", required=True, help="your project id (projectId)")
         sub.add_argument("--option", action="append", metavar="NAME=VALUE", help="an option, repeatable")
@@ -278,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     crop.add_argument("--mode", default="square", choices=("square", "passport", "idcard"))
     remove = job_command("remove-bg", cmd_remove_bg, "queue a background removal of one photo")
     remove.add_argument("--bg-color", help="flatten onto this colour (#rrggbb) instead of transparency")
+    photo = job_command("id-photo", cmd_id_photo, "queue an ID photo (cut out, plain background, spec framing, "
+                                                   "compliance report) of one portrait")
+    photo.add_argument("--spec", default="icao",
+                       help="icao, us, schengen, idcard, or a custom spec as JSON "
+                            "({widthMm, heightMm, dpi, headMinMm, headMaxMm, eyeMinMm, eyeMaxMm}); default icao")
+    photo.add_argument("--background", help="white (default) or a light grey, e.g. lightgrey or #e0e0e0")
 
     def batch_command(name: str, handler: Callable[[Client, argparse.Namespace], int], help_text: str,
                       file_help: str) -> None:
@@ -285,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("file", metavar="FILE", help=file_help)
         sub.add_argument("--project", required=True, help="your project id (projectId)")
         sub.add_argument("--priority", type=int, default=5, help="1 (least urgent) to 10 (most urgent); default 5")
+        sub.add_argument("--operation", choices=("cropFace", "removeBg", "idPhoto"),
+                         help="what each image gets (default cropFace)")
         sub.add_argument("--mode", choices=("square", "passport", "idcard"), help="crop mode (default square)")
-        sub.add_argument("--option", action="append", metavar="NAME=VALUE", help="a crop option, repeatable")
+        sub.add_argument("--option", action="append", metavar="NAME=VALUE",
+                         help="an option of the operation, repeatable")
         sub.add_argument("--callback-url", help="completion webhook URL of the batch")
         sub.add_argument("--watch", action="store_true", help="follow the batch with a progress bar until it ends")
         sub.add_argument("--wait-timeout", type=float, default=24 * 3600.0, help="give up watching after this many s")
@@ -302,6 +400,31 @@ def build_parser() -> argparse.ArgumentParser:
     batch_status = commands.add_parser("batch-status", parents=[common], help="print a batch's status")
     batch_status.add_argument("batch_id", metavar="BATCH_ID")
     batch_status.set_defaults(handler=cmd_batch_status)
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a job")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.set_defaults(handler=cmd_cancel)
+
+    def list_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--project", help="only this projectId")
+        sub.add_argument("--status", help="only this status")
+        sub.add_argument("--limit", type=int, default=0, help="stop after this many (default: all)")
+
+    records = commands.add_parser("records", parents=[common], help="list your records (JSON lines)")
+    list_options(records)
+    records.set_defaults(handler=cmd_records)
+    batch = commands.add_parser("batch", parents=[common], help="list, cancel, download batches")
+    batch_commands = batch.add_subparsers(dest="batch_command", required=True, metavar="BATCH_COMMAND")
+    listing = batch_commands.add_parser("list", parents=[common], help="list your batches (JSON lines)")
+    list_options(listing)
+    listing.set_defaults(handler=cmd_batch_list)
+    batch_cancel = batch_commands.add_parser("cancel", parents=[common], help="cancel a batch")
+    batch_cancel.add_argument("batch_id", metavar="BATCH_ID")
+    batch_cancel.set_defaults(handler=cmd_batch_cancel)
+    results_zip = batch_commands.add_parser("results-zip", parents=[common],
+                                            help="download the results ZIP (outputs + listing)")
+    results_zip.add_argument("batch_id", metavar="BATCH_ID")
+    results_zip.add_argument("-o", "--output", metavar="FILE.zip", help="where to save it (<batch>-results.zip)")
+    results_zip.set_defaults(handler=cmd_batch_results_zip)
     return parser
 
 
@@ -310,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.quiet = getattr(args, "quiet", False)
+    args.progress = getattr(args, "progress", False)
     api_key = getattr(args, "api_key", None) or os.environ.get("IMAGEQUEUE_API_KEY")
     if not api_key:
         parser.error("no API key: give --api-key or set IMAGEQUEUE_API_KEY")

@@ -29,6 +29,7 @@ from typing import Any
 
 import requests
 from redis import Redis
+from redis.typing import EncodableT, FieldT
 from rq import get_current_job
 from rq.job import Job
 
@@ -43,7 +44,7 @@ from core.errors import (
     TransientJobError,
 )
 from core.logs import with_job_context
-from core.webhook_events import delivery_state, iso_timestamp, sign, state_key
+from core.webhook_events import delivery_state, iso_timestamp, sign, standard_signature, state_key
 from jobs.context import context
 from jobs.pinned_http import pinned_session
 from jobs.settle import settle_failure
@@ -116,7 +117,7 @@ def deliver(kind: str, target_id: str, eid: str) -> dict[str, Any]:
     if state.get("state") == contracts.WEBHOOK_DELIVERED:  # this job ran again after delivering
         return {"sent": False, "reason": "already delivered"}
     vendor_id, url, event = state["vendorId"], state["url"], state["event"]
-    attempt = int(connection.hincrby(key, "attempts", 1))  # type: ignore[arg-type]
+    attempt = int(connection.hincrby(key, "attempts", 1))
     connection.hset(key, mapping={"lastAttemptAt": iso_timestamp(), "nextAttemptAt": ""})
     secret = ctx.db.get_webhook_secret(vendor_id)
     if not secret:
@@ -124,11 +125,17 @@ def deliver(kind: str, target_id: str, eid: str) -> dict[str, Any]:
                                 f"'python -m service.cli vendor webhook-secret {vendor_id}'",
                                 code=WEBHOOK_SECRET_MISSING)
     body = state["body"].encode("utf-8")
+    now = int(time.time())
     headers = {
         "Content-Type": "application/json", "Accept": "*/*",
-        SIGNATURE_HEADER: sign(secret, body, int(time.time())),
+        SIGNATURE_HEADER: sign(secret, body, now),
         EVENT_HEADER: event, EVENT_ID_HEADER: eid, ATTEMPT_HEADER: str(attempt),
+        # Standard Webhooks headers, for receivers that verify with an off-the-shelf library.
+        "webhook-id": eid, "webhook-timestamp": str(now),
     }
+    standard = standard_signature(secret, eid, now, body)
+    if standard is not None:
+        headers["webhook-signature"] = standard
     status = _post(url, body, headers, ctx.settings)
     connection.hset(key, mapping={"state": contracts.WEBHOOK_DELIVERED, "deliveredAt": iso_timestamp(),
                                   "lastStatusCode": status, "lastError": ""})
@@ -144,7 +151,7 @@ def on_delivery_failure(job: Job, connection: Redis, exc_type: type[BaseExceptio
     kind, target_id, eid = job.args
     key = state_key(kind, target_id)
     code, message, final = settle_failure(job, exc_value, unexpected_code=WEBHOOK_FAILED)
-    fields: dict[str, Any] = {
+    fields: dict[FieldT, EncodableT] = {
         "lastError": f"{code}: {message}"[:1000],
         "lastStatusCode": getattr(exc_value, "status_code", None) or "",
         "state": contracts.WEBHOOK_FAILED if final else contracts.WEBHOOK_PENDING,

@@ -288,7 +288,7 @@ class DeadLetters:
         for job_id, job in zip(flt.job_ids, Job.fetch_many(list(flt.job_ids), connection=self.redis), strict=True):
             score: float | None = None
             if job is not None:
-                score = self.redis.zscore(self.registry(job.origin).key, job.id)  # type: ignore[assignment]
+                score = self.redis.zscore(self.registry(job.origin).key, job.id)
             if job is None or job.origin not in wanted or score is None:
                 if outcome is not None:
                     outcome.skip(job_id, None if job is None else job.origin, NOT_FOUND,

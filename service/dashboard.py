@@ -22,6 +22,7 @@ from flask import Flask, request
 from rq_dashboard.web import setup_rq_connection
 
 from core.config import Settings
+from core.redis_urls import dashboard_url
 from service.admin.auth import require_admin
 from service.errors import Forbidden
 
@@ -49,7 +50,7 @@ def _guard() -> None:
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Mount the dashboard at /rq behind the admin credentials (404 while ADMIN_PASSWORD is unset)."""
-    app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
+    app.config["RQ_DASHBOARD_REDIS_URL"] = dashboard_url(settings.redis_url)  # sentinel:// spelled its way
     app.config["RQ_DASHBOARD_POLL_INTERVAL"] = 2500  # ms between the pages' refreshes
     setup_rq_connection(app)  # a client object only; it connects on first use
     app.before_request(_guard)

@@ -1,12 +1,20 @@
-"""Gunicorn settings; each can be overridden by its GUNICORN_* environment variable."""
+"""Gunicorn settings; each can be overridden by its GUNICORN_* environment variable.
+
+Platform conventions (Heroku, Dokku, Render, the Dockerfile): with ``PORT`` set and no
+``GUNICORN_BIND``, the API listens on ``0.0.0.0:$PORT`` (reachable from outside the container);
+``WEB_CONCURRENCY`` sets the worker count when ``GUNICORN_WORKERS`` does not. Without either,
+``127.0.0.1:8000`` (the dev stack's loopback).
+"""
 import multiprocessing
 import os
 
 from core.config import Settings
 from core.logs import logging_config
 
-bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", str(min(4, multiprocessing.cpu_count() * 2))))
+_port = os.environ.get("PORT", "").strip()
+bind = os.environ.get("GUNICORN_BIND") or (f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS") or os.environ.get("WEB_CONCURRENCY")
+              or min(4, multiprocessing.cpu_count() * 2))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT_S", "120"))  # long ZIP uploads stream through

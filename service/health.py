@@ -1,4 +1,5 @@
-"""Blueprint: worker health (really checks Redis, the database and the workers) and local files."""
+"""Blueprint: liveness (/livez, cheap), worker health (really checks Redis, the database and the
+workers) and local files."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, send_from_directory
 from redis.exceptions import RedisError
 
-from core import contracts
+from core import contracts, model_files
 from core import enqueue as jobqueue
 from core.db.database import DatabaseUnavailable
 from service.errors import NotFound
@@ -31,10 +32,18 @@ def _check(fn: Any) -> dict[str, Any]:
     return {"status": "up", "latencyMs": round((time.perf_counter() - started) * 1000, 1)}
 
 
+@bp.get("/livez")
+def livez() -> dict[str, Any]:
+    """The process is up and serving: no Redis, database or rembg call, so a container probe
+    never restarts a healthy API because a backend is down (/api/worker/health says that)."""
+    return {"success": True, "status": "alive"}
+
+
 @bp.get("/api/worker/health")
 def worker_health() -> tuple[Response, int]:
-    """healthy: Redis, DB, a worker on every seed queue and every rembg instance up;
-    degraded: some queue has no worker or some rembg instance is down; else unhealthy."""
+    """healthy: Redis, DB, a worker on every seed queue, every rembg instance up and the face
+    model file intact; degraded: some queue has no worker, some rembg instance is down or the
+    face model FACE_DETECTOR needs is missing or altered (faceModel); else unhealthy."""
     b = backends()
     redis_check = _check(b.redis.ping)
     db_check = _check(b.db.ping)
@@ -55,10 +64,13 @@ def worker_health() -> tuple[Response, int]:
     body["faceCropQueueSize"] = sizes.get(contracts.QUEUE_FACE_CROP)
     rembg = rembg_instances(b.settings, b.redis if redis_check["status"] == "up" else None)
     body["rembgInstances"] = rembg
+    face_model = _face_model(b.settings.face_detector)
+    body["faceModel"] = face_model
     if redis_check["status"] != "up" or db_check["status"] != "up":
         status = "unhealthy"
     elif (any(workers.get(name, 0) == 0 for name in contracts.DEFAULT_WORKERS)
-          or any(instance["status"] != "up" for instance in rembg)):
+          or any(instance["status"] != "up" for instance in rembg)
+          or (face_model["required"] and face_model["status"] != model_files.OK)):
         status = "degraded"
     else:
         status = "healthy"
@@ -67,6 +79,14 @@ def worker_health() -> tuple[Response, int]:
     body["timestamp"] = datetime.now(UTC).isoformat()
     code = 503 if status == "unhealthy" else 200
     return jsonify(body), code
+
+
+def _face_model(detector: str) -> dict[str, Any]:
+    """The YuNet model file as this host sees it: ok, missing or bad md5 (workers with
+    FACE_DETECTOR=yunet refuse to start without it; the message says how to restore it)."""
+    checked = model_files.check(model_files.YUNET)
+    return {"status": checked.status, "file": model_files.YUNET.relative_path, "detector": detector,
+            "required": detector == "yunet", "message": checked.message}
 
 
 @bp.get("/files/<path:key>")

@@ -137,7 +137,7 @@ def _claim(redis: Redis, where: str, marker: str, lock_ttl_s: int) -> dict[str, 
             return None
         raw = redis.get(where)
         if raw is not None:
-            return json.loads(raw)  # type: ignore[arg-type]
+            return json.loads(raw)
     return {"state": "running"}
 
 

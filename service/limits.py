@@ -17,10 +17,13 @@ the blueprints' own hooks (authentication). It resolves the key itself (memoised
 here and in service/auth.py, so the database is asked once). The limits are Flask-Limiter
 "application" (global) and "default" (vendor) limits with callables: the limit string is read per
 request, so a vendor's overrides apply without a restart, and ``exempt_when`` picks per request
-which limits apply. A request is counted by each limit checked before the one that refuses it.
+which limits apply.
 
-Counters are fixed windows in Redis (one Lua INCRBY+EXPIRE per limit: exact under any
-concurrency, shared by every Gunicorn worker and API host); a window starts at its first request.
+A request is counted against every limit of its route or against none: all of them are checked
+and counted in one Lua script (service/atomic_limits.py, ``request_plan`` below lists them), so a
+request refused by one limit (429) costs nothing of the others. Counters are fixed windows in
+Redis, exact under any concurrency, shared by every Gunicorn worker and API host; a window starts
+at its first request.
 
 Headers: ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset`` (the Unix time, in
 seconds, at which the window resets, as the seed shows) describe the limit that refused the
@@ -45,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, request
-from flask_limiter import ApplicationLimit, Limit, Limiter, RequestLimit
+from flask_limiter import ApplicationLimit, Limit, RequestLimit
 from flask_limiter.errors import RateLimitExceeded
 from limits import parse_many
 from limits.errors import StorageError
@@ -53,6 +56,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core.config import Settings
 from core.db.database import Database
+from core.redis_urls import check_url
+from service.atomic_limits import AtomicLimiter, PlannedLimit
 from service.auth import authenticate
 from service.errors import ApiError, error_response
 from service.extensions import backends, is_backend_outage
@@ -84,6 +89,9 @@ ENDPOINT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "image_queue.bulk_crop_face": (IMAGE_PROCESSING, BULK),
     "image_queue.remove_bg_queue": (IMAGE_PROCESSING, BACKGROUND_REMOVAL),
     "image_queue.bulk_remove_bg": (IMAGE_PROCESSING, BACKGROUND_REMOVAL, BULK),
+    # ID photos ask rembg for a mask: they count against background removal too (issue 13).
+    "image_queue.id_photo_queue": (IMAGE_PROCESSING, BACKGROUND_REMOVAL),
+    "image_queue.bulk_id_photo": (IMAGE_PROCESSING, BACKGROUND_REMOVAL, BULK),
     "batch.add_images": (IMAGE_PROCESSING, BULK),
     "batch.upload_zip": (IMAGE_PROCESSING, BULK),
     "image_queue.job_status": (READS,),
@@ -92,11 +100,18 @@ ENDPOINT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "batch.batch_status": (READS,),
     "batch.batch_results": (READS,),
     "batch.batch_queue_stats": (READS,),
+    # Cancels and lists cost no image work: counted as reads (issue 14).
+    "image_queue.cancel_job": (READS,),
+    "image_queue.list_records": (READS,),
+    "batch.list_batches": (READS,),
+    "batch.batch_cancel": (READS,),
+    "batch.batch_results_zip": (READS,),
 }
 # Never limited: operators' probes and monitoring, local output files, the index, the
 # admin's rq-dashboard (/rq polls every 2.5 s; it is behind ADMIN_PASSWORD, service/admin/auth.py),
-# the admin API (/api/admin, same credentials) and the API docs (/api/openapi.json, /api/docs).
-EXEMPT_BLUEPRINTS = frozenset({"health", "metrics", "rq_dashboard", "admin", "docs"})
+# the admin API (/api/admin, same credentials), the API docs (/api/openapi.json, /api/docs) and
+# the console's static files (/console: a page load fetches a dozen; its API calls are limited).
+EXEMPT_BLUEPRINTS = frozenset({"health", "metrics", "rq_dashboard", "admin", "docs", "console"})
 EXEMPT_ENDPOINTS = frozenset({"index", "static", "metrics"})
 
 HEADER_LIMIT = "RateLimit-Limit"
@@ -192,7 +207,7 @@ class OverrideCache:
 class RateLimits:
     """One app's limiter, its configured limits and its cache of vendor overrides."""
 
-    limiter: Limiter
+    limiter: AtomicLimiter
     defaults: dict[str, str]
     overrides: OverrideCache
 
@@ -256,6 +271,19 @@ def _has_valid_key() -> bool:
 def _unlimited() -> bool:
     return (request.method == "OPTIONS" or request.blueprint in EXEMPT_BLUEPRINTS
             or (request.endpoint or "") in EXEMPT_ENDPOINTS)
+
+
+def request_plan() -> list[PlannedLimit]:
+    """Every limit the current request counts against, keyed as Flask-Limiter keys them
+    (prefix, IP or vendor, category): the set service/atomic_limits.py counts in one step."""
+    if _unlimited():
+        return []
+    vendor_id = request_vendor()
+    if vendor_id is None:
+        return [(item, (KEY_PREFIX, client_ip(), GLOBAL)) for item in parse_many(_state().defaults[GLOBAL])]
+    return [(item, (KEY_PREFIX, _vendor_key(), category))
+            for category in categories_for(request.endpoint or "", request.method)
+            for item in parse_many(_vendor_limit(category)())]
 
 
 def _headline(evaluated: list[RequestLimit]) -> RequestLimit:
@@ -328,11 +356,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         log.warning("RATE_LIMIT_ENABLED is off: no request is rate limited")
         return
     storage_url = settings.rate_limit_storage_url or settings.redis_url
+    check_url(storage_url, "RATE_LIMIT_STORAGE_URL" if settings.rate_limit_storage_url else "REDIS_URL")
     # The counters' connections go through the app's Redis circuit breaker (service/redis_breaker.py),
     # shared with the queues' client when both use the same Redis: one timeout opens it for both.
     pool = app.extensions["image_queue"].redis_pool(storage_url, settings.rate_limit_storage_timeout_s)
     storage_options: dict[str, Any] = {"connection_pool": pool, "wrap_exceptions": True}
-    limiter = Limiter(
+    limiter = AtomicLimiter(
         key_func=client_ip,
         application_limits=[ApplicationLimit(limit_provider=defaults[GLOBAL], key_function=client_ip,
                                              scope=GLOBAL, exempt_when=_has_valid_key)],
@@ -340,12 +369,15 @@ def init_app(app: Flask, settings: Settings) -> None:
                               scope=category, shared=True, exempt_when=_not_applicable(category))
                         for category in VENDOR_CATEGORIES],
         strategy="fixed-window",
-        storage_uri=storage_url,
+        # Only picks limits' RedisStorage; the connections are the pool's (any URL form of
+        # core/redis_urls.py: redis, rediss, unix, sentinel).
+        storage_uri="redis://",
         storage_options=storage_options,
         headers_enabled=False,
         swallow_errors=False,
         in_memory_fallback_enabled=False,
         key_prefix=KEY_PREFIX,
+        plan=request_plan,
     )
     limiter.request_filter(_unlimited)
     app.extensions["rate_limits"] = RateLimits(limiter, defaults,

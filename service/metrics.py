@@ -6,6 +6,10 @@ from RQ's keys, and the rembg servers are probed like /api/worker/health does (c
 METRICS_REMBG_CACHE_S per process, so frequent scrapes do not hammer them). Nothing here is
 a per-process prometheus_client counter.
 
+HTTP metrics (``imagequeue_http_*``): every answer of the API is counted by route template
+(``/api/image-queue/job/<jobId>``, never the raw path), method and status, and timed, in the
+same Redis hashes (one pipelined write per request, after the view ran).
+
 Access: ``Authorization: Bearer <METRICS_TOKEN>`` or the admin's HTTP Basic credentials
 (service/admin/auth.py); 404 while neither is configured. README "Operating it" lists the
 metrics.
@@ -19,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -106,7 +110,8 @@ class ImageQueueCollector(Collector):
                 depths.add_metric([name, state], count)
             workers.add_metric([name], Worker.count(queue=queue))
         counts = stored.read_all(b.redis)
-        return [depths, workers, *self._counters(counts), self._durations(counts[stored.JOB_DURATION])]
+        return [depths, workers, *self._counters(counts), self._durations(counts[stored.JOB_DURATION]),
+                *self._http(counts)]
 
     @staticmethod
     def _counters(counts: dict[str, dict[tuple[str, ...], float]]) -> list[Metric]:
@@ -133,22 +138,44 @@ class ImageQueueCollector(Collector):
         return families
 
     @staticmethod
-    def _durations(raw: dict[tuple[str, ...], float]) -> Metric:
-        family = HistogramMetricFamily(PREFIX + "job_duration_seconds",
-                                       "Duration of job attempts (start to end), by queue and outcome.",
-                                       labels=["queue", "outcome"])
+    def _durations(raw: dict[tuple[str, ...], float], name: str = "job_duration_seconds",
+                   documentation: str = "Duration of job attempts (start to end), by queue and outcome.",
+                   labels: tuple[str, str] = ("queue", "outcome"),
+                   bucket_bounds: tuple[float, ...] = stored.DURATION_BUCKETS_S) -> Metric:
+        family = HistogramMetricFamily(PREFIX + name, documentation, labels=list(labels))
         per_bucket: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-        for labels, value in raw.items():
-            if len(labels) == 3:
-                per_bucket[(labels[0], labels[1])][labels[2]] = value
-        bounds = [repr(bound) for bound in stored.DURATION_BUCKETS_S] + [stored.INF]
-        for (queue, outcome), values in sorted(per_bucket.items()):
+        for label_values, value in raw.items():
+            if len(label_values) == 3:
+                per_bucket[(label_values[0], label_values[1])][label_values[2]] = value
+        bounds = [repr(bound) for bound in bucket_bounds] + [stored.INF]
+        for (first, second), values in sorted(per_bucket.items()):
             cumulative, buckets = 0.0, []
             for bound in bounds:
                 cumulative += values.get(bound, 0.0)
                 buckets.append((bound, cumulative))
-            family.add_metric([queue, outcome], buckets, sum_value=values.get(stored.SUM, 0.0))
+            family.add_metric([first, second], buckets, sum_value=values.get(stored.SUM, 0.0))
         return family
+
+    @classmethod
+    def _http(cls, counts: dict[str, dict[tuple[str, ...], float]]) -> list[Metric]:
+        requests_total = CounterMetricFamily(PREFIX + "http_requests", "API answers, by route template, method "
+                                             "and status code.", labels=["route", "method", "status"])
+        errors = CounterMetricFamily(PREFIX + "http_request_errors", "API answers with a 5xx status (server-side "
+                                     "errors, Redis or the database down), by route template and method.",
+                                     labels=["route", "method"])
+        per_route: dict[tuple[str, str], float] = defaultdict(float)
+        for labels, value in sorted(counts[stored.HTTP_REQUESTS].items()):
+            if len(labels) == 3:
+                requests_total.add_metric(list(labels), value)
+                per_route.setdefault((labels[0], labels[1]), 0.0)
+                if labels[2].startswith("5"):
+                    per_route[(labels[0], labels[1])] += value
+        for (route, method), value in sorted(per_route.items()):
+            errors.add_metric([route, method], value)
+        duration = cls._durations(counts[stored.HTTP_DURATION], "http_request_duration_seconds",
+                                  "Time from the start of an API request to its answer, by route template and "
+                                  "method.", ("route", "method"), stored.HTTP_BUCKETS_S)
+        return [requests_total, errors, duration]
 
     def _rembg(self, b: Backends, *, redis_ok: bool) -> Iterator[Metric]:
         up = GaugeMetricFamily(PREFIX + "rembg_up", "1 if the rembg instance answered GET /openapi.json, else 0.",
@@ -167,12 +194,34 @@ class ImageQueueCollector(Collector):
         yield from (up, latency, breaker)
 
 
+_STARTED = "image_queue.request_started"  # request.environ key: perf_counter at the first hook
+# Not counted: the liveness probe must touch nothing but the process (service/health.py).
+UNCOUNTED_ENDPOINTS = frozenset({"health.livez"})
+
+
+def _start_timer() -> None:
+    request.environ.setdefault(_STARTED, time.perf_counter())
+
+
+def _count_request(response: Response) -> Response:
+    started = request.environ.get(_STARTED)
+    if started is not None and request.endpoint not in UNCOUNTED_ENDPOINTS:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        backends: Backends = current_app.extensions["image_queue"]
+        stored.http_request(backends.redis, route, request.method, response.status_code,
+                            time.perf_counter() - started)
+    return response
+
+
 def init_app(app: Flask) -> None:
-    """Register /metrics with a registry of its own (never prometheus_client's per-process default)."""
+    """Register /metrics with a registry of its own (never prometheus_client's per-process
+    default), and count and time every API answer."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ImageQueueCollector(app.extensions["image_queue"], RembgProbeCache()))
     app.extensions["metrics_registry"] = registry
     app.register_blueprint(bp)
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)  # before the limiter's hook
+    app.after_request(_count_request)
 
 
 @bp.get("/metrics")

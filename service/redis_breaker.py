@@ -16,10 +16,20 @@ pybreaker (used for the rembg instances, jobs/rembg_pool.py) is not used here: i
 holds one lock for the whole call, which would serialise every Redis command of a Gunicorn
 worker's threads.
 
-What opens it: a failure to connect (refused, timed out, handshake timed out) and a timeout on
-an open connection. An error on an open connection that is not a timeout (a reset or EOF after
-a Redis restart) does not: the client retries it once on a new connection (``NO_BACKOFF_RETRY``),
-and that connect decides.
+What opens it: a failure to connect (refused, timed out, handshake timed out; for Sentinel also
+no sentinel naming a master) and a timeout on an open connection. An error on an open connection
+that is not a timeout (a reset or EOF after a Redis restart) does not: the client retries it once
+on a new connection (``no_backoff_retry``), and that connect decides. Nothing is retried while
+the breaker is open.
+
+Every URL form of core/redis_urls.py is guarded: ``redis://``, ``rediss://`` (TLS),
+``unix://`` and ``sentinel://`` (the master's connections, and the sentinels' answer naming it).
+
+redis-py internals this relies on (tests/service/test_redis_breaker.py checks each against the
+installed redis-py): ``AbstractConnection.connect_check_health``, ``send_packed_command`` and
+``read_response`` are where every command, pipeline and script connects, writes and reads;
+``SentinelManagedConnection.connect`` asks the sentinels; ``Retry.is_retryable`` (redis-py 8)
+filters retries.
 """
 from __future__ import annotations
 
@@ -28,19 +38,26 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+from core.redis_urls import is_sentinel, parse_sentinel, redact, redis_client, redis_pool
 
 log = logging.getLogger(__name__)
 
 
 class RedisUnavailable(RedisConnectionError):
     """Raised without any network call while the breaker is open (Redis recently failed)."""
+
+
+def describe(exc: BaseException) -> str:
+    """``ConnectionError: Error 111 connecting to ...`` (redis-py 8's repr() drops the message)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 class RedisBreaker:
@@ -85,8 +102,8 @@ class RedisBreaker:
             with self._lock:
                 self._probing = False
                 self._open_until = self._clock() + self.cooldown_s
-                self.last_error = repr(exc)
-            raise RedisUnavailable(f"Redis at {self.name} still unavailable: {exc!r}") from exc
+                self.last_error = describe(exc)
+            raise RedisUnavailable(f"Redis at {self.name} still unavailable ({describe(exc)})") from exc
         except BaseException:
             with self._lock:
                 self._probing = False
@@ -101,16 +118,21 @@ class RedisBreaker:
         with self._lock:
             was_closed = self._open_until is None
             self._open_until = self._clock() + self.cooldown_s
-            self.last_error = repr(exc)
+            self.last_error = describe(exc)
             if was_closed:
                 self.times_opened += 1
         if was_closed:
-            log.warning("Redis at %s failed (%r): breaker open, Redis calls fail fast for %.1f s, "
-                        "then a probe", self.name, exc, self.cooldown_s)
+            log.warning("Redis at %s failed (%s): breaker open, Redis calls fail fast for %.1f s, "
+                        "then a probe", self.name, describe(exc), self.cooldown_s)
 
 
-class GuardedConnection(redis.Connection):
-    """A redis-py connection that asks its breaker before using the network and reports to it."""
+class _Guarded:
+    """Asks the breaker before a redis-py connection uses the network, and reports failures to it.
+
+    Mixed into each redis-py connection class (plain, TLS, unix socket, Sentinel-managed)."""
+
+    breaker: RedisBreaker
+    _sock: Any
 
     def __init__(self, *args: Any, breaker: RedisBreaker, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -121,7 +143,8 @@ class GuardedConnection(redis.Connection):
             return
         self.breaker.before_call()
         try:
-            super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+            super().connect_check_health(  # type: ignore[misc]
+                check_health=check_health, retry_socket_connect=retry_socket_connect)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             if not isinstance(exc, RedisUnavailable):
                 self.breaker.failure(exc)
@@ -130,47 +153,87 @@ class GuardedConnection(redis.Connection):
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         self.breaker.before_call()
         try:
-            super().send_packed_command(command, check_health=check_health)
+            super().send_packed_command(command, check_health=check_health)  # type: ignore[misc]
         except RedisTimeoutError as exc:
             self.breaker.failure(exc)
             raise
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().read_response(*args, **kwargs)
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except RedisTimeoutError as exc:
             self.breaker.failure(exc)
             raise
 
 
-def no_backoff_retry() -> Retry:
-    """One immediate retry, on connection errors only (a pooled connection Redis closed);
-    never on timeouts: redis-py 6's default (3 retries, exponential backoff) would hold a
-    request for seconds."""
-    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+class GuardedConnection(_Guarded, redis.Connection):
+    """redis:// behind the breaker."""
+
+
+class GuardedSSLConnection(_Guarded, redis.SSLConnection):
+    """rediss:// (TLS) behind the breaker."""
+
+
+class GuardedUnixConnection(_Guarded, redis.UnixDomainSocketConnection):
+    """unix:// behind the breaker."""
+
+
+class _GuardedSentinel(_Guarded):
+    """A Sentinel-managed connection: asking the sentinels for the master is guarded too, so
+    sentinels that are all down or hung cost one timeout each once, not on every request."""
+
+    def connect(self) -> None:
+        if self._sock:
+            return
+        self.breaker.before_call()
+        try:
+            super().connect()  # type: ignore[misc]
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # MasterNotFoundError included
+            if not isinstance(exc, RedisUnavailable):
+                self.breaker.failure(exc)
+            raise
+
+
+class GuardedSentinelConnection(_GuardedSentinel, SentinelManagedConnection):
+    """sentinel:// behind the breaker."""
+
+
+class GuardedSentinelSSLConnection(_GuardedSentinel, SentinelManagedSSLConnection):
+    """sentinel://...?ssl=true behind the breaker."""
+
+
+def no_backoff_retry(breaker: RedisBreaker) -> Retry:
+    """One immediate retry, on connection errors only (a pooled connection Redis closed), and
+    none once the breaker is open (the failed connect or timeout that opened it is the answer);
+    never on timeouts: redis-py's default (3 retries, exponential backoff) would hold a request
+    for seconds."""
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    retry.is_retryable = lambda _error: not breaker.is_open
+    return retry
 
 
 def ping_probe(url: str, timeout_s: float) -> Callable[[], None]:
     """A probe that PINGs ``url`` on a new connection with these socket timeouts."""
     def probe() -> None:
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client = redis_client(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         try:
             client.ping()
         finally:
             client.close()
+            client.connection_pool.disconnect()
     return probe
 
 
 def guarded_pool(url: str, breaker: RedisBreaker, timeout_s: float, **kwargs: Any) -> redis.ConnectionPool:
-    """A connection pool for ``url`` whose connections go through ``breaker``, with short
-    socket timeouts and no retry backoff.
-
-    Only plain TCP (``redis://``) connections are guarded; ``rediss://`` and ``unix://`` keep
-    redis-py's own connection classes (the timeouts still apply, the breaker does not).
-    """
+    """A connection pool for ``url`` (any form of core/redis_urls.py) whose connections go
+    through ``breaker``, with short socket timeouts and no retry backoff."""
     options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
-                               "retry": no_backoff_retry(), **kwargs}
-    if urlsplit(url).scheme != "redis":
-        log.warning("Redis URL scheme %r: no circuit breaker (only redis:// is guarded)", urlsplit(url).scheme)
-        return redis.ConnectionPool.from_url(url, **options)
-    return redis.ConnectionPool.from_url(url, connection_class=GuardedConnection, breaker=breaker, **options)
+                               "retry": no_backoff_retry(breaker), "breaker": breaker, **kwargs}
+    scheme = url.split("://", 1)[0]
+    plain: type[redis.Connection] = {"rediss": GuardedSSLConnection, "unix": GuardedUnixConnection}.get(
+        scheme, GuardedConnection)  # type: ignore[assignment]
+    sentinel_class: type[redis.Connection] = GuardedSentinelConnection
+    if is_sentinel(url) and parse_sentinel(url).ssl:
+        sentinel_class = GuardedSentinelSSLConnection
+    log.debug("Redis pool for %s behind its breaker", redact(url))
+    return redis_pool(url, connection_class=plain, sentinel_connection_class=sentinel_class, **options)

@@ -55,6 +55,6 @@ def rembg_instances(settings: Settings, redis: Redis | None) -> list[dict[str, A
             states = redis.mget([contracts.REMBG_BREAKER_STATE_KEY.format(url=url) for url in urls])
         except RedisError:
             states = [None] * len(urls)
-        for entry, raw in zip(entries, states, strict=True):  # type: ignore[arg-type]
+        for entry, raw in zip(entries, states, strict=True):
             entry["breaker"] = raw.decode() if isinstance(raw, bytes) else "closed"
     return entries

@@ -3,6 +3,7 @@ and the delivery state shown in job and batch status. Sending is the workers' (j
 """
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +27,9 @@ class WebhookSecretMissing(ApiError):
 
 def create_webhook_secret(db: Database, vendor_id: str) -> str:
     """Give the vendor a new signing secret (replacing any old one) and return it."""
-    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    # whsec_<base64 of 32 random bytes>: the Standard Webhooks secret format, so vendors can
+    # verify the webhook-signature header with off-the-shelf libraries too.
+    secret = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
     db.set_webhook_secret(vendor_id, secret)
     return secret
 

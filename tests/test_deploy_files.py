@@ -20,13 +20,19 @@ def procfile() -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
 
 
+NOT_WORKERS = ("release", "web", "reconciler", "cleanup")
+
+
 def test_procfile_has_web_and_a_worker_per_seed_queue() -> None:
     entries = procfile()
     assert entries["web"].startswith("gunicorn -c service/gunicorn.conf.py service.wsgi:app")
     served: set[str] = set()
     assert entries["reconciler"].startswith("python -m service.cli reconcile --every ")
+    # Heroku/Dokku run `release` once per deploy, before the new processes start.
+    assert entries["release"] == "python -m service.cli migrate"
+    assert entries["cleanup"].startswith("python -m service.cli cleanup --every ")
     for name, command in entries.items():
-        if name in ("web", "reconciler"):
+        if name in NOT_WORKERS:
             continue
         argv = shlex.split(command)
         assert argv[:4] == ["rq", "worker", "-c", "jobs.settings"], command

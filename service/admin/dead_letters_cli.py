@@ -16,6 +16,7 @@ import redis
 from core.config import Settings
 from core.contracts import InvalidField
 from core.db.database import connect
+from core.redis_urls import redis_client
 from ops.dead_letters import DeadLetters, Filter, Outcome
 
 REDIS_TIMEOUT_S = 5.0
@@ -43,8 +44,8 @@ def _parse(queues: tuple[str, ...], vendor: str | None, code: str | None, job_id
 
 def _dead_letters() -> DeadLetters:
     settings = Settings.from_env()
-    conn = redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
-                                socket_connect_timeout=REDIS_TIMEOUT_S)
+    conn = redis_client(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
+                        socket_connect_timeout=REDIS_TIMEOUT_S)
     return DeadLetters(conn, connect(settings.database_url), settings)
 
 

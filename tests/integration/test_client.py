@@ -233,8 +233,9 @@ def run_cli(stack: Stack, *args: str, key: str | None = None) -> subprocess.Comp
 
 
 def test_cli_crops_waits_and_downloads(stack: Stack, key: str, photos: PhotoServer, tmp_path: Path) -> None:
+    # stderr is a pipe here: --progress asks for the bars anyway (tests/test_client_cli.py: without it).
     out = run_cli(stack, "crop", photos.url("/a.jpg"), "--record", "cli-1", "--project", "p1", "--mode", "passport",
-                  "--download", str(tmp_path), key=key)
+                  "--download", str(tmp_path), "--progress", key=key)
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
     assert job["state"] == "completed" and job["downloaded"] == [str(tmp_path / "cli-1.jpg")]
@@ -264,7 +265,7 @@ def test_cli_uploads_a_zip_watches_it_and_downloads_every_result(stack: Stack, k
     out_dir = tmp_path / "results"
     # The key given as an option this time, after the command.
     out = run_cli(stack, "batch-zip", str(path), "--project", "p1", "--priority", "8", "--download", str(out_dir),
-                  "--api-key", key)
+                  "--api-key", key, "--progress")
     assert out.returncode == 3, out.stderr  # completed_with_errors: the photo without a face
     batch = json.loads(out.stdout)
     assert batch["status"] == "completed_with_errors" and batch["progress"]["processed"] == 4
@@ -285,7 +286,7 @@ def test_cli_queues_a_csv_of_urls(stack: Stack, key: str, photos: PhotoServer, t
         writer = csv.writer(handle)
         writer.writerow(["recordId", "imageUrl"])
         writer.writerows([["csv-1", photos.url("/a.jpg")], ["csv-2", photos.url("/a.jpg")]])
-    out = run_cli(stack, "batch-urls", str(path), "--project", "p1", "--watch", key=key)
+    out = run_cli(stack, "batch-urls", str(path), "--project", "p1", "--watch", "--progress", key=key)
     assert out.returncode == 0, out.stderr
     batch = json.loads(out.stdout)
     assert batch["status"] == "completed" and batch["progress"]["total"] == 2
@@ -293,3 +294,44 @@ def test_cli_queues_a_csv_of_urls(stack: Stack, key: str, photos: PhotoServer, t
     listing = run_cli(stack, "batch-status", batch["batchId"], key=key)
     assert json.loads(listing.stdout)["status"] == "completed"
     assert os.path.getsize(path) > 0
+
+
+# --- cancel, lists, results ZIP, photos sent as files (issue 14) -----------------------------------
+def test_sdk_sends_a_file_cancels_lists_and_downloads_the_results_zip(client: Client, photos: PhotoServer,
+                                                                       astronaut_jpeg: bytes, tmp_path: Path) -> None:
+    from imagequeue_client import Conflict
+
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    done = client.crop_face("sdk-file", "p-sdk", mode="square", file=photo, wait=30)
+    assert done["state"] == "completed" and done["result"]["faceDetected"] is True
+
+    batch = client.add_images("p-sdk", [("sdk-z1", photos.url("/a.jpg")), ("sdk-z2", photos.url("/a.jpg"))])
+    assert client.wait_for_batch(batch["batchId"], timeout=120)["status"] == "completed"
+    seen: list[int] = []
+    target = client.download_results(batch["batchId"], tmp_path / "out" / "results.zip", on_progress=seen.append)
+    with zipfile.ZipFile(target) as archive:
+        assert [n for n in archive.namelist() if n.startswith("outputs/")] == ["outputs/sdk-z1.jpg",
+                                                                             "outputs/sdk-z2.jpg"]
+    assert seen and seen[-1] == target.stat().st_size
+    assert batch["batchId"] in [b["batchId"] for b in client.iter_batches(project_id="p-sdk", page_size=1)]
+    assert {"sdk-file", "sdk-z1", "sdk-z2"} <= {r["recordId"] for r in client.iter_records(project_id="p-sdk")}
+    with pytest.raises(Conflict) as finished:
+        client.cancel_batch(batch["batchId"])
+    assert finished.value.code == "BATCH_NOT_CANCELABLE"
+    with pytest.raises(Conflict):
+        client.cancel_job(done["jobId"])
+
+
+def test_cli_downloads_a_results_zip_without_a_terminal(stack: Stack, key: str, client: Client,
+                                                        photos: PhotoServer, tmp_path: Path) -> None:
+    batch = client.add_images("p-cli-zip", [("cli-z1", photos.url("/a.jpg"))])
+    client.wait_for_batch(batch["batchId"], timeout=120)
+    target = tmp_path / "r.zip"
+    out = run_cli(stack, "batch", "results-zip", batch["batchId"], "-o", str(target), key=key)
+    assert out.returncode == 0, out.stderr
+    assert "%|" not in out.stderr and "saved" in out.stderr  # no bar: stderr is not a terminal
+    with zipfile.ZipFile(target) as archive:
+        assert "outputs/cli-z1.jpg" in archive.namelist() and "results.csv" in archive.namelist()
+    listed = run_cli(stack, "batch", "list", "--project", "p-cli-zip", key=key)
+    assert listed.returncode == 0 and json.loads(listed.stdout.splitlines()[0])["batchId"] == batch["batchId"]

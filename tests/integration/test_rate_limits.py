@@ -21,6 +21,7 @@ import pytest
 import redis
 import requests
 
+from core.config import Settings
 from core.db.database import connect
 from service.auth import create_api_key
 from tests.conftest import ROOT, free_port
@@ -42,6 +43,10 @@ VENDOR_LIMITS = {  # small per-vendor limits; the per-IP one is out of the way
     "GUNICORN_CMD_ARGS": "--access-logformat 'worker=%(p)s status=%(s)s'",
 }
 IP_LIMITS = {"RATE_LIMIT_GLOBAL": "6/hour", "RATE_LIMIT_IMAGE_PROCESSING": "10000/hour"}
+# SPEC 3.3's defaults, whatever the test process's environment says.
+DEFAULT_LIMITS = {name.upper(): getattr(Settings(), name) for name in (
+    "rate_limit_global", "rate_limit_image_processing", "rate_limit_background_removal", "rate_limit_bulk",
+    "rate_limit_reads")}
 
 
 def start(redis_url: str, tmp: Path, extra: dict[str, str]) -> Iterator[Stack]:
@@ -62,6 +67,11 @@ def ip_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield from start(redis_url, tmp_path_factory.mktemp("ip-limits"), IP_LIMITS)
 
 
+@pytest.fixture(scope="module")
+def default_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start(redis_url, tmp_path_factory.mktemp("default-limits"), DEFAULT_LIMITS)
+
+
 def new_vendor(stack: Stack, **overrides: str) -> tuple[str, str]:
     """A fresh vendor (its own counters) with these limit overrides, and its key."""
     vendor = f"v-{uuid.uuid4().hex[:8]}"
@@ -73,12 +83,18 @@ def new_vendor(stack: Stack, **overrides: str) -> tuple[str, str]:
 
 def burst(stack: Stack, call: Callable[[int], tuple[str, str, dict[str, Any]]]) -> list[requests.Response]:
     """Send BURST requests at once; ``call(i)`` gives (method, path, requests kwargs)."""
+    return concurrently(stack, BURST, call)
+
+
+def concurrently(stack: Stack, count: int,
+                 call: Callable[[int], tuple[str, str, dict[str, Any]]]) -> list[requests.Response]:
+    """Send ``count`` requests at once; ``call(i)`` gives (method, path, requests kwargs)."""
     def send(index: int) -> requests.Response:
         method, path, kwargs = call(index)
         return requests.request(method, stack.base_url + path, timeout=30, **kwargs)
 
-    with ThreadPoolExecutor(max_workers=BURST) as pool:
-        return list(pool.map(send, range(BURST)))
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(send, range(count)))
 
 
 def send_one(stack: Stack, request: tuple[str, str, dict[str, Any]]) -> requests.Response:
@@ -208,3 +224,27 @@ def test_both_gunicorn_workers_answered(vendor_stack: Stack) -> None:
         time.sleep(0.1)
     # Both workers took part in this module's bursts, and the totals above were still exact.
     assert len({pid for pid, _ in answered}) == 2, answered
+
+
+def test_refused_requests_cost_no_quota_on_the_default_limits(default_stack: Stack, redis_url: str) -> None:
+    # The issue's scenario, as a new vendor meets it: 25 bulk requests at once, then 40 background
+    # removals at once. The 15 bulk requests the bulk limit refuses must not use image processing.
+    vendor, key = new_vendor(default_stack)
+    bulk = concurrently(default_stack, 25, lambda i: (
+        "POST", "/api/image-queue/bulk-crop-face",
+        {"json": {"projectId": "p", "recordIds": [f"bulk-{i}"], "photoUrls": [PHOTO], "mode": "square"},
+         "headers": {"X-API-Key": key}}))
+    assert Counter(resp.status_code for resp in bulk) == {202: 10, 429: 15}
+    assert {resp.json()["error"]["details"]["limit"] for resp in bulk if resp.status_code == 429} == {"bulk"}
+    removals = concurrently(default_stack, 40, lambda i: (
+        "POST", "/api/image-queue/remove-bg-queue",
+        {"json": {"recordId": f"bg-{i}", "projectId": "p", "photoUrl": PHOTO}, "headers": {"X-API-Key": key}}))
+    assert Counter(resp.status_code for resp in removals) == {202: 30, 429: 10}
+    assert {resp.json()["error"]["details"]["limit"] for resp in removals
+            if resp.status_code == 429} == {"background-removal"}
+    conn = redis.Redis.from_url(redis_url)
+    counted = {key.decode().split("/")[3]: int(conn.get(key) or 0)
+               for key in conn.scan_iter(f"LIMITS:LIMITER/image-queue/vendor:{vendor}/*")}
+    assert counted == {"bulk": 10, "image-processing": 40, "background-removal": 30}
+    resp = send_one(default_stack, crop(key, 0))
+    assert resp.status_code == 202 and resp.headers["RateLimit-Remaining"] == "9"  # 50 - 41

@@ -173,6 +173,18 @@ def test_a_job_webhook_is_retried_until_the_receiver_takes_it(stack: Stack, vend
     assert event["timestamp"].endswith("Z")
 
 
+def test_deliveries_verify_with_an_off_the_shelf_standard_webhooks_library(
+        stack: Stack, vendor: dict[str, str], receiver: Receiver, photos: PhotoServer) -> None:
+    from standardwebhooks import Webhook
+
+    job_id = crop(stack, vendor["key"], "rec-standard", photos.url("/a.jpg"), receiver.url("/standard"))
+    assert wait_webhook(stack, vendor["key"], f"/api/image-queue/job/{job_id}")["webhook"]["state"] == "delivered"
+    (delivery,) = receiver.to("/standard")
+    headers = {name.lower(): value for name, value in delivery.headers.items()}
+    assert headers["webhook-id"] == delivery.event["eventId"]
+    assert Webhook(vendor["secret"]).verify(delivery.body, headers)["jobId"] == job_id
+
+
 def test_a_receiver_that_never_takes_it_ends_failed(stack: Stack, vendor: dict[str, str], receiver: Receiver,
                                                     photos: PhotoServer) -> None:
     receiver.always["/down"] = 503

@@ -4,9 +4,11 @@ Deliveries through real workers: tests/integration/test_webhooks.py.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,20 @@ def test_migrate_adds_the_webhook_columns_to_an_existing_database(kind: str, req
     old.set_webhook_secret("acme", "whsec_x")
     assert old.get_webhook_secret("acme") == "whsec_x" and old.get_vendor("acme") is not None
     old.close()
+
+
+def test_the_standard_signature_verifies_with_an_off_the_shelf_library() -> None:
+    from standardwebhooks import Webhook
+
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    body, now = b'{"eventId":"evt_1","event":"job.completed"}', int(time.time())
+    headers = {"webhook-id": "evt_1", "webhook-timestamp": str(now),
+               "webhook-signature": webhook_events.standard_signature(secret, "evt_1", now, body)}
+    assert Webhook(secret).verify(body, headers) == json.loads(body)
+    headers["webhook-id"] = "evt_2"  # the id is signed: a receiver deduplicating on it can trust it
+    with pytest.raises(Exception, match="(?i)signature"):
+        Webhook(secret).verify(body, headers)
+
+
+def test_secrets_from_before_the_standard_format_get_no_standard_signature() -> None:
+    assert webhook_events.standard_signature("whsec_" + "x-y_z" * 8, "evt_1", 1, b"{}") is None

@@ -165,6 +165,37 @@ def test_background_removal_and_bulk_limits(api_factory: Any) -> None:
     assert api.post("crop-face-queue", crop("e")).status_code == 202
 
 
+def test_a_refused_request_costs_no_quota_of_its_other_limits(api_factory: Any, redis_conn: redis.Redis) -> None:
+    api = api_factory(rate_limit_image_processing="6/hour", rate_limit_bulk="2/hour",
+                      rate_limit_background_removal="1/hour")
+    bulk = {"projectId": "p", "recordIds": ["b"], "photoUrls": [URL], "mode": "square"}
+    statuses = [api.post("bulk-crop-face", {**bulk, "recordIds": [f"b{i}"]}).status_code for i in range(5)]
+    assert statuses == [202, 202, 429, 429, 429]
+    assert api.post("remove-bg-queue", remove_bg("bg-1")).status_code == 202
+    assert_rate_limited(api.post("remove-bg-queue", remove_bg("bg-2")), "background-removal", 1, 3600)
+    # 3 accepted requests counted image processing; the 4 refused ones counted nothing anywhere.
+    assert counters(redis_conn) == {"vendor:acme/image-processing": 3, "vendor:acme/bulk": 2,
+                                    "vendor:acme/background-removal": 1}
+    resp = api.post("crop-face-queue", crop("c"))
+    assert resp.status_code == 202 and limit_headers(resp)[:2] == (6, 2)
+
+
+def test_the_limits_flask_limiter_evaluates_are_the_ones_counted_at_once(
+        api_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # service/atomic_limits.py counts request_plan()'s limits; Flask-Limiter asks about its own.
+    api = api_factory(rate_limit_bulk="1/hour;5/day")
+    with caplog.at_level(logging.ERROR, logger="service.atomic_limits"):
+        for rule in api.app.url_map.iter_rules():
+            if rule.endpoint not in limits.ENDPOINT_CATEGORIES:
+                continue
+            method = sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})[0]
+            path = api.app.url_map.bind("localhost").build(rule.endpoint, {arg: "x1" for arg in rule.arguments})
+            for vendor in ("acme", None):
+                api.client.open(path, method=method, json={} if method == "POST" else None,
+                                headers={"X-API-Key": api.keys["acme"]} if vendor else {})
+    assert "not in the request's plan" not in caplog.text
+
+
 def test_reads_have_their_own_limit(api_factory: Any) -> None:
     api = api_factory(rate_limit_image_processing="2/hour", rate_limit_reads="4/minute")
     job_id = api.post("crop-face-queue", crop()).get_json()["jobId"]
@@ -185,11 +216,11 @@ def test_a_bad_key_is_limited_by_ip_only(api_factory: Any, redis_conn: redis.Red
                api.get("/api/image-queue/job/x", vendor="iq_forged").status_code]
     assert answers == [401, 401, 401]
     assert_rate_limited(api.post("crop-face-queue", crop(), vendor="iq_forged"), "global", 3, 3600)
-    assert counters(redis_conn) == {"ip:127.0.0.1/global": 4}
+    assert counters(redis_conn) == {"ip:127.0.0.1/global": 3}  # the refused request cost nothing
     # A valid key is counted by its vendor, not by the exhausted IP.
     resp = api.post("crop-face-queue", crop())
     assert resp.status_code == 202 and limit_headers(resp)[:2] == (1, 0)
-    assert counters(redis_conn) == {"ip:127.0.0.1/global": 4, "vendor:acme/image-processing": 1}
+    assert counters(redis_conn) == {"ip:127.0.0.1/global": 3, "vendor:acme/image-processing": 1}
 
 
 def test_vendors_are_isolated_and_a_body_vendor_id_changes_nothing(api_factory: Any,

@@ -178,3 +178,43 @@ def test_the_api_answers_503_at_once_after_the_first_timeout(silent_port: int, t
     assert max(timings[1:]) < 0.1, timings
     assert db.get_record("acme", "r1") is None
     backends.close()
+
+
+# --- the redis-py internals service/redis_breaker.py relies on (checked against the installed redis-py) ---
+
+def test_the_redis_py_methods_the_breaker_overrides_are_still_there() -> None:
+    import inspect
+
+    from redis.connection import AbstractConnection
+    from redis.retry import Retry
+    from redis.sentinel import SentinelManagedConnection
+
+    from service.redis_breaker import GuardedSentinelConnection, GuardedSSLConnection, no_backoff_retry
+
+    params = inspect.signature(AbstractConnection.connect_check_health).parameters
+    assert {"check_health", "retry_socket_connect"} <= set(params)
+    assert list(inspect.signature(AbstractConnection.send_packed_command).parameters)[1:] == ["command", "check_health"]
+    assert "read_response" in vars(AbstractConnection) and "connect" in vars(SentinelManagedConnection)
+    assert isinstance(inspect.getattr_static(Retry, "is_retryable"), property)  # redis-py 8's retry filter
+    breaker = RedisBreaker("r", 1.0, lambda: None)
+    retry = no_backoff_retry(breaker)
+    assert retry.get_retries() == 1 and retry.is_retryable is not None and retry.is_retryable(ConnectionError())
+    breaker.failure(ConnectionError("refused"))
+    assert not retry.is_retryable(ConnectionError())  # nothing is retried while the breaker is open
+    for cls in (GuardedSSLConnection, GuardedSentinelConnection):  # the breaker's methods come first
+        assert cls.__mro__.index(next(c for c in cls.__mro__ if c.__name__ == "_Guarded")) < \
+            cls.__mro__.index(AbstractConnection)
+
+
+def test_a_connection_redis_closed_is_retried_once_without_opening_the_breaker(redis_url: str) -> None:
+    breaker = RedisBreaker(redis_url, 5.0, lambda: None)
+    client = redis.Redis(connection_pool=guarded_pool(redis_url, breaker, 0.5))
+    client.client_setname("breaker-victim")
+    assert client.ping() is True
+    admin = redis.Redis.from_url(redis_url)
+    victims = [c["id"] for c in admin.client_list() if c.get("name") == "breaker-victim"]
+    assert victims and admin.client_kill_filter(_id=victims[0]) == 1  # Redis closes our pooled connection
+    assert client.set("after-kill", "1") is True  # EOF on the old socket, one retry on a new one
+    assert not breaker.is_open and breaker.times_opened == 0
+    admin.delete("after-kill")
+    client.connection_pool.disconnect()
