@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
-"""Batch face-crop throughput: a naive Haar pipeline beside ours, in one run.
+"""Batch face-crop throughput: a naive Haar pipeline beside ours with each detector (haar, yunet), in one run.
 
 Builds ~40 portrait JPEGs of 1-3 MP in memory (scikit-image's LFW faces and astronaut pasted
 at realistic sizes on photo backdrops, some stored sideways with an EXIF orientation), then:
 
-1. single process, naive and ours interleaved image by image: ms/image and each step's share
-   (decode, detect, crop, encode), and recall against the known face boxes;
+1. single process, the pipelines interleaved image by image: ms/image and where the time goes
+   (each step's ms and share: decode, detect, crop, encode), and recall against the known
+   face boxes;
 2. the plain-loop limit: the same decode+detect+crop+encode code over the same images, one
-   process per core (``multiprocessing.Pool(os.cpu_count())``), naive and ours alternated
-   over ``--rounds`` rounds: images/s, images/s per core and the speed-up.
+   process per core (``multiprocessing.Pool(os.cpu_count())``), the pipelines alternated
+   over ``--rounds`` rounds: images/s, images/s per core and the speed-up;
+3. end to end through the running stack, once per detector (FACE_DETECTOR), then ingest and
+   fairness figures (with the default detector).
 
     .venv/bin/python scripts/bench_batch.py [--photos 40] [--rounds 3] [--face-range 0.10 0.55]
 
 "naive" is the pipeline issue 4 measures against: full JPEG decode, OpenCV's default frontal
 Haar cascade on a gray copy at most 1024 px long, scaleFactor 1.1, minNeighbors 5, minSize 40,
-largest face, square crop (padding 0.20) from the full image, 300x300 JPEG. "ours" is
-``jobs.imaging.face_crop.process(..., "square", profile="portrait")`` as the batch job runs it.
+largest face, square crop (padding 0.20) from the full image, 300x300 JPEG. "haar" and "yunet"
+are ``jobs.imaging.face_crop.process(..., "square", profile="batch", detector=...)`` as the
+batch job runs it with that detector.
 """
 from __future__ import annotations
 
@@ -168,12 +172,17 @@ def naive_process(data: bytes, timings: dict[str, float] | None = None) -> face_
                                 faces=tuple(faces))
 
 
-def ours_process(data: bytes, timings: dict[str, float] | None = None) -> face_crop.CropResult:
-    """Our pipeline as the batch job runs it: square mode, the ``portrait`` profile."""
-    return face_crop.process(data, "square", CropOptions(), profile="portrait", timings=timings)
+def haar_process(data: bytes, timings: dict[str, float] | None = None) -> face_crop.CropResult:
+    """Our pipeline as the batch job runs it with FACE_DETECTOR=haar: square mode, the ``batch`` profile."""
+    return face_crop.process(data, "square", CropOptions(), profile="batch", timings=timings, detector="haar")
 
 
-PIPELINES: dict[str, Crop] = {"naive": naive_process, "ours": ours_process}
+def yunet_process(data: bytes, timings: dict[str, float] | None = None) -> face_crop.CropResult:
+    """Our pipeline as the batch job runs it with FACE_DETECTOR=yunet (the default)."""
+    return face_crop.process(data, "square", CropOptions(), profile="batch", timings=timings, detector="yunet")
+
+
+PIPELINES: dict[str, Crop] = {"naive": naive_process, "haar": haar_process, "yunet": yunet_process}
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -192,7 +201,7 @@ WARM_UP: list[bytes] = []  # set before the pool forks: one photo each worker ru
 
 
 def _warm(_: int) -> int:
-    face_crop.preload()
+    face_crop.preload("yunet")
     for func in PIPELINES.values():
         for data in WARM_UP:
             _run_one((func, data))
@@ -372,8 +381,8 @@ def write_zip(path: Path, entries: Iterator[tuple[str, bytes]], compress: bool =
     return count
 
 
-def e2e_zip(photos: list[bytes], count: int, workers: int) -> dict[str, Any]:
-    """A ZIP of ``count`` portrait JPEGs through the running stack: images/s end to end."""
+def e2e_zip(photos: list[bytes], count: int, workers: int, detector: str = "yunet") -> dict[str, Any]:
+    """A ZIP of ``count`` portrait JPEGs through the running stack (FACE_DETECTOR=``detector``): images/s."""
     from core import contracts
 
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -381,7 +390,7 @@ def e2e_zip(photos: list[bytes], count: int, workers: int) -> dict[str, Any]:
         zip_path = tmp / "portraits.zip"
         write_zip(zip_path, ((f"p{i:05d}.jpg", photos[i % len(photos)]) for i in range(count)))
         zip_mb = zip_path.stat().st_size / 1e6
-        bench = BenchStack(tmp)
+        bench = BenchStack(tmp, {"FACE_DETECTOR": detector})
         try:
             bench.start_workers((contracts.QUEUE_BATCH_INGESTION,), 1)
             bench.start_workers(contracts.FACE_DETECTION_QUEUES, workers)
@@ -502,20 +511,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built {len(photos)} JPEG portraits, {min(mp):.1f}-{max(mp):.1f} MP,"
           f" {sum(map(len, images)) / len(images) / 1024:.0f} KiB avg, faces {args.face_range[0]:.0%}-"
           f"{args.face_range[1]:.0%} of the short side, in {time.perf_counter() - t0:.1f} s")
-    face_crop.preload()
+    face_crop.preload("yunet")
     for func in PIPELINES.values():
         _run_one((func, images[0]))  # warm-up: first-call allocations
+    names = list(PIPELINES)
 
     # 1. Single process, step shares, recall.
     single = step_profile(photos)
-    print(f"\nsingle process (cv2 threads={cv2.getNumThreads()}), naive and ours interleaved per image:")
+    print(f"\nsingle process (cv2 threads={cv2.getNumThreads()}), {', '.join(names)} interleaved per image:")
     for name, s in single.items():
         print(f"  {name:5s} ms/image mean {s['mean_ms']:6.1f}  p50 {s['p50_ms']:6.1f}  p95 {s['p95_ms']:6.1f}   "
               + "  ".join(f"{step} {s['step_ms'][step]:5.1f} ms ({s['share'][step]:.0%})" for step in STEPS))
-    print(f"  speed-up (mean ms/image naive / ours): {single['naive']['mean_ms'] / single['ours']['mean_ms']:.2f}x")
-    ours_results = single["ours"]["results"]
-    twice = sum(r is not None and r.decodes > 1 for r in ours_results)
-    print(f"  ours decoded {twice}/{len(photos)} photos twice (crop needed more pixels than detection)")
+    for name in names[1:]:
+        print(f"  speed-up (mean ms/image naive / {name}): {single['naive']['mean_ms'] / single[name]['mean_ms']:.2f}x")
+    for name in names[1:]:
+        twice = sum(r is not None and r.decodes > 1 for r in single[name]["results"])
+        print(f"  {name} decoded {twice}/{len(photos)} photos twice (crop needed more pixels than detection)")
     print(f"\nrecall (a box with IoU >= {MIN_IOU} on the true face; 'cropped': the largest box is it):")
     for name, s in single.items():
         r = recall(photos, s["results"])
@@ -529,11 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         pool.map(_warm, range(processes), chunksize=1)
         for round_no in range(args.rounds):
-            names = list(PIPELINES) if round_no % 2 == 0 else list(reversed(PIPELINES))
-            for name in names:
+            order = names if round_no % 2 == 0 else list(reversed(names))
+            for name in order:
                 runs[name].append(plain_loop(PIPELINES[name], images, processes, pool))
     print(f"\nplain-loop limit: {len(images)} images x {args.rounds} rounds, {processes} processes"
-          f" on {os.cpu_count()} cores, naive and ours alternated:")
+          f" on {os.cpu_count()} cores, {', '.join(names)} alternated:")
     rate, cpu_ms = {}, {}
     for name, name_runs in runs.items():
         total_images = sum(r["images"] for r in name_runs)
@@ -541,21 +552,29 @@ def main(argv: list[str] | None = None) -> int:
         cpu_ms[name] = sum(r["cpu_seconds"] for r in name_runs) * 1000 / total_images
         rounds = "  ".join(f"{r['images_per_s']:.2f}" for r in name_runs)
         print(f"  {name:5s} {rate[name]:6.2f} images/s  = {rate[name] / processes:5.2f} images/s per core"
-              f"   CPU {cpu_ms[name]:6.1f} ms/image   (rounds: {rounds} images/s)")
-    print(f"  speed-up ours / naive: {rate['ours'] / rate['naive']:.2f}x in images/s,"
-          f" {cpu_ms['naive'] / cpu_ms['ours']:.2f}x in CPU time per image")
+              f"   CPU {cpu_ms[name]:6.1f} ms/image = {1000 / cpu_ms[name]:5.1f} images/s per CPU second"
+              f"   (rounds: {rounds} images/s)")
+    for name in names[1:]:
+        print(f"  speed-up {name} / naive: {rate[name] / rate['naive']:.2f}x in images/s,"
+              f" {cpu_ms['naive'] / cpu_ms[name]:.2f}x in CPU time per image")
+    if "haar" in rate and "yunet" in rate:
+        print(f"  speed-up yunet / haar: {rate['yunet'] / rate['haar']:.2f}x in images/s,"
+              f" {cpu_ms['haar'] / cpu_ms['yunet']:.2f}x in CPU time per image")
 
     # 3. End to end through the running stack (HTTP -> Gunicorn -> Redis -> rq workers -> storage -> DB).
     if args.skip_e2e:
         print(f"\ntotal {time.perf_counter() - started:.0f} s")
         return 0
-    e2e = e2e_zip(images, args.e2e_images, processes)
-    print(f"\nend to end: a ZIP of {e2e['images']} portrait JPEGs (the photos above, repeated; "
-          f"{e2e['zip_mb']:.0f} MB) uploaded, ingested and cropped by {processes} face-detection workers:")
-    print(f"  {e2e['seconds']:.1f} s, {e2e['images_per_s']:.2f} images/s, status {e2e['status']},"
-          f" {e2e['failed']} failed")
-    print(f"  ratio end-to-end / plain-loop limit (ours, {processes} processes):"
-          f" {e2e['images_per_s'] / rate['ours']:.2f}")
+    for name in ("haar", "yunet"):
+        e2e = e2e_zip(images, args.e2e_images, processes, detector=name)
+        print(f"\nend to end, FACE_DETECTOR={name}: a ZIP of {e2e['images']} portrait JPEGs (the photos above,"
+              f" repeated; {e2e['zip_mb']:.0f} MB) uploaded, ingested and cropped by {processes} face-detection"
+              " workers:")
+        print(f"  {e2e['seconds']:.1f} s, {e2e['images_per_s']:.2f} images/s"
+              f" = {e2e['images_per_s'] / processes:.2f} images/s per core, status {e2e['status']},"
+              f" {e2e['failed']} failed")
+        print(f"  ratio end-to-end / plain-loop limit ({name}, {processes} processes):"
+              f" {e2e['images_per_s'] / rate[name]:.2f}")
 
     ingest = e2e_ingest(args.ingest_entries)
     print(f"\ningest: a ZIP of {ingest['entries']} small JPEG entries ({ingest['zip_mb']:.1f} MB),"

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Face-crop throughput: a plain loop, and the full path through the running stack, in one run.
+"""Face-crop throughput per detector (haar and yunet side by side): a plain loop, and the full
+path through the running stack, in one run.
 
 Builds ~30 portrait JPEGs of 1-3 MP in memory from scikit-image's astronaut and LFW faces,
 runs ``jobs.imaging.face_crop.process`` over them in one process (one OpenCV thread, as a worker
-does) and prints ms/image (mean, p50, p95), images/s and each step's share of the time.
+does) for each detector and prints ms/image (mean, p50, p95), images/s and where the time goes
+(each step's ms and share: decode, detect, level (passport/idcard), crop, encode).
 
-    .venv/bin/python scripts/bench_crop.py [--photos 30] [--mode square]
+    .venv/bin/python scripts/bench_crop.py [--photos 30] [--mode square] [--detectors haar yunet]
 
 Then it starts the stack (private Redis, Gunicorn, the dev stack's 3 + 5 workers on the
 face-crop queue, local storage, SQLite), submits the same photos (each ``--repeat`` times)
-through bulk-crop-face and prints images/s end to end and its ratio to the plain loop.
+through bulk-crop-face with ``options.detector`` set, once per detector, and prints images/s end
+to end and its ratio to the plain loop.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from jobs.imaging import face_crop  # noqa: E402
 
 # Portrait sizes (width, height) between 1 and 3 megapixels.
 SIZES = [(900, 1200), (1200, 1600), (1500, 2000), (1080, 1350), (1400, 1750)]
-STEPS = ("decode", "detect", "crop", "encode")
+STEPS = ("decode", "detect", "level", "crop", "encode")
+DETECTORS = ("haar", "yunet")
 
 
 def make_photos(n: int = 30, seed: int = 0) -> list[bytes]:
@@ -78,7 +82,7 @@ def _percentile(values: list[float], q: float) -> float:
 def plain_loop(images: list[bytes], mode: str = "square", options: CropOptions | None = None) -> dict[str, Any]:
     """Run ``face_crop.process`` over ``images`` one after another; timing summary in ms."""
     options = options or CropOptions()
-    face_crop.preload()  # as the worker parent does before forking
+    face_crop.preload(options.detector or face_crop.DEFAULT_DETECTOR)  # as the worker parent does
     face_crop.process(images[0], mode, options)  # warm-up: first-call allocations
     steps = dict.fromkeys(STEPS, 0.0)
     per_image: list[float] = []
@@ -103,22 +107,28 @@ def plain_loop(images: list[bytes], mode: str = "square", options: CropOptions |
         "p50_ms": _percentile(per_image, 50),
         "p95_ms": _percentile(per_image, 95),
         "images_per_s": len(images) / total_s,
+        "step_ms": {step: steps[step] * 1000 / len(images) for step in STEPS},
         "share": {step: steps[step] / step_total for step in STEPS},
     }
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    """One block of text per measured path."""
-    print(f"{summary['label']}: {summary['images']} images, {summary['faces_detected']} faces detected,"
-          f" {summary['failed']} failed")
-    print(f"  ms/image  mean {summary['mean_ms']:.1f}  p50 {summary['p50_ms']:.1f}"
-          f"  p95 {summary['p95_ms']:.1f}   {summary['images_per_s']:.2f} images/s")
-    if summary.get("share"):
-        print("  share     " + "  ".join(f"{step} {share:.0%}" for step, share in summary["share"].items()))
+def print_summary(summaries: dict[str, dict[str, Any]]) -> None:
+    """The plain loop of each detector, side by side."""
+    names = list(summaries)
+    first = summaries[names[0]]
+    print(f"{first['label']}, {first['images']} images:")
+    print("".ljust(26) + "".join(name.rjust(14) for name in names))
+    rows = [("faces detected", lambda s: f"{s['faces_detected']}"), ("failed (no face)", lambda s: f"{s['failed']}"),
+            ("images/s", lambda s: f"{s['images_per_s']:.2f}"), ("ms/image mean", lambda s: f"{s['mean_ms']:.1f}"),
+            ("ms/image p50", lambda s: f"{s['p50_ms']:.1f}"), ("ms/image p95", lambda s: f"{s['p95_ms']:.1f}")]
+    rows += [(f"  {step} ms (share)", lambda s, step=step: f"{s['step_ms'][step]:.1f} ({s['share'][step]:.0%})")
+             for step in STEPS]
+    for label, cell in rows:
+        print(f"  {label}".ljust(26) + "".join(cell(summaries[name]).rjust(14) for name in names))
 
 
 def full_path(photos: list[bytes], *, mode: str, repeat: int, face_crop_workers: int,
-              image_processing_workers: int) -> dict[str, Any]:
+              image_processing_workers: int, detector: str = "yunet") -> dict[str, Any]:
     """Images/s through HTTP -> Gunicorn -> Redis -> rq workers -> local storage -> SQLite.
 
     Starts a private redis-server, Gunicorn and the dev stack's worker mix (``face_crop`` and
@@ -165,7 +175,7 @@ def full_path(photos: list[bytes], *, mode: str, repeat: int, face_crop_workers:
                     chunk = range(offset, min(offset + 100, len(urls)))
                     resp = requests.post(f"{stack.base_url}/api/image-queue/bulk-crop-face", timeout=30,
                                          headers={"X-API-Key": key},
-                                         json={"projectId": "bench", "mode": mode,
+                                         json={"projectId": "bench", "mode": mode, "options": {"detector": detector},
                                                "recordIds": [f"r{i}" for i in chunk],
                                                "photoUrls": [urls[i] for i in chunk]})
                     resp.raise_for_status()
@@ -208,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-processing-workers", type=int, default=5,
                         help="full path: Procfile image_processing workers (they drain face-crop too)")
     parser.add_argument("--no-full-path", action="store_true", help="only the plain loop")
+    parser.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS),
+                        help="face detectors to compare (default: both)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     photos = make_photos(args.photos)
@@ -215,21 +227,27 @@ def main(argv: list[str] | None = None) -> int:
     mp = [w * h / 1e6 for w, h in megapixels]
     print(f"built {len(photos)} JPEG portraits, {min(mp):.1f}-{max(mp):.1f} MP,"
           f" {sum(map(len, photos)) / len(photos) / 1024:.0f} KiB avg, in {time.perf_counter() - t0:.1f} s")
-    loop = plain_loop(photos, args.mode)
-    print_summary(loop)
+    loops = {name: plain_loop(photos, args.mode, CropOptions(detector=name)) for name in args.detectors}
+    print_summary(loops)
+    if len(loops) == 2:
+        print(f"  speed-up yunet / haar: {loops['yunet']['images_per_s'] / loops['haar']['images_per_s']:.2f}x")
     if args.no_full_path:
         return 0
-    full = full_path(photos, mode=args.mode, repeat=args.repeat, face_crop_workers=args.face_crop_workers,
-                     image_processing_workers=args.image_processing_workers)
     cores = os.cpu_count() or 1
-    print(f"full path (HTTP -> Gunicorn -> Redis -> {full['workers']} rq workers -> local storage -> SQLite):")
-    print(f"  {full['images']} jobs ({args.repeat}x the same photos), {full['failed']} failed,"
-          f" {full['seconds']:.1f} s from starting the workers (submitted first, in {full['submit_seconds']:.2f} s)"
-          f"  {full['images_per_s']:.2f} images/s")
-    print(f"  Redis used_memory per queued job: {full['redis_bytes_per_job']:.0f} bytes")
-    per_process = loop["images_per_s"]
-    print(f"ratio full path / plain loop (1 process):        {full['images_per_s'] / per_process:.2f}")
-    print(f"ratio full path / plain loop x {cores} cores (limit): {full['images_per_s'] / (per_process * cores):.2f}")
+    for name in args.detectors:
+        full = full_path(photos, mode=args.mode, repeat=args.repeat, face_crop_workers=args.face_crop_workers,
+                         image_processing_workers=args.image_processing_workers, detector=name)
+        print(f"full path, {name} (HTTP -> Gunicorn -> Redis -> {full['workers']} rq workers -> local storage"
+              " -> SQLite):")
+        print(f"  {full['images']} jobs ({args.repeat}x the same photos), {full['failed']} failed,"
+              f" {full['seconds']:.1f} s from starting the workers (submitted first, in"
+              f" {full['submit_seconds']:.2f} s)  {full['images_per_s']:.2f} images/s"
+              f" = {full['images_per_s'] / cores:.2f} images/s per core")
+        print(f"  Redis used_memory per queued job: {full['redis_bytes_per_job']:.0f} bytes")
+        per_process = loops[name]["images_per_s"]
+        print(f"  ratio full path / plain loop (1 process):        {full['images_per_s'] / per_process:.2f}")
+        print(f"  ratio full path / plain loop x {cores} cores (limit):"
+              f" {full['images_per_s'] / (per_process * cores):.2f}")
     return 0
 
 

@@ -110,7 +110,7 @@ def test_camera_profile_is_not_found_by_the_frontal_cascade() -> None:
     camera = data.camera()
     assert face_crop.detect_faces(camera) == []
     with pytest.raises(PermanentJobError) as info:
-        face_crop.process(encode(camera, "PNG"), "square", CropOptions())
+        face_crop.process(encode(camera, "PNG"), "square", CropOptions(detector="haar"))
     assert info.value.code == NO_FACE
 
 
@@ -173,12 +173,18 @@ def test_output_size_per_mode(astro_jpeg: bytes, mode: str, size: tuple[int, int
     assert result.face_detected and result.face_count == 1
     assert result.face_box is not None and inside(result.face_box, 512, 512)
     assert overlap(result.face_box, ASTRO_FACE) > 0.8
-    assert result.to_result() == {"faceDetected": True, "faceCount": 1, "faceBox": result.face_box,
-                                  "width": size[0], "height": size[1]}
+    details = result.to_result()
+    assert {k: details[k] for k in ("faceDetected", "faceCount", "faceBox", "width", "height")} == {
+        "faceDetected": True, "faceCount": 1, "faceBox": result.face_box, "width": size[0], "height": size[1]}
+    # Results also say what was found: every face with its score and landmarks, the roll, the detector.
+    assert details["detector"] == "yunet" and len(details["faces"]) == 1
+    assert details["faces"][0]["box"] == result.face_box and details["faces"][0]["score"] > 0.8
+    assert set(details["faces"][0]["landmarks"]) == {"rightEye", "leftEye", "noseTip", "rightMouth", "leftMouth"}
+    assert abs(details["rollDegrees"]) < 5
 
 
 def test_square_crop_is_centred_on_the_face(astro_jpeg: bytes) -> None:
-    out = decode_out(face_crop.process(astro_jpeg, "square", CropOptions(format="png")))
+    out = decode_out(face_crop.process(astro_jpeg, "square", CropOptions(format="png", detector="haar")))
     faces = face_crop.detect_faces(out)
     assert faces, "the face must still be detectable in the crop"
     x, y, w, h = faces[0]
@@ -218,7 +224,7 @@ def test_idcard_shows_more_shoulders_than_passport(astro: np.ndarray) -> None:
 
 
 def test_padding_and_output_overrides(astro_jpeg: bytes) -> None:
-    opts = CropOptions(padding=0.5, output_width=200)
+    opts = CropOptions(padding=0.5, output_width=200, detector="haar")
     result = face_crop.process(astro_jpeg, "square", opts)
     assert (result.width, result.height) == (200, 200)
     box = result.face_box
@@ -345,7 +351,8 @@ def test_no_face_center_policy_reports_no_face() -> None:
     result = face_crop.process(noise_jpeg(), "square", CropOptions(no_face="center", format="png"))
     assert not result.face_detected and result.face_count == 0 and result.face_box is None
     assert result.to_result() == {"faceDetected": False, "faceCount": 0, "faceBox": None,
-                                  "width": 300, "height": 300}
+                                  "width": 300, "height": 300, "faces": [], "rollDegrees": None,
+                                  "detector": "yunet"}
     assert decode_out(result).shape == (300, 300, 3)
 
 
@@ -475,7 +482,7 @@ def test_detection_scale_follows_the_smallest_face() -> None:
 def test_reduced_jpeg_decode_keeps_exif_rotation_and_the_face_box(
         astro: np.ndarray, orientation: int, decodes: list[tuple[float, tuple[int, ...]]]) -> None:
     data, face = portrait(astro, 2400, 3200, 0.45, orientation)
-    result = face_crop.process(data, "square", CropOptions(format="png"), profile="portrait")
+    result = face_crop.process(data, "square", CropOptions(format="png", detector="haar"), profile="portrait")
     # Detection needs 1/6 of the size: the JPEG is decoded once, at 1/4 (DCT scaling), upright,
     # and the 45 % face gives the square window 4x the output, so the crop comes from it too.
     assert result.decodes == 1 and decodes == [(pytest.approx(40 / 240), (800, 600, 3))]
@@ -501,7 +508,7 @@ def test_a_small_face_is_cropped_from_a_second_larger_decode(
     # A 12 % face: its square window is ~400 px of the photo, 100 px at 1/4 size, so the crop
     # needs 3/4 of the size and JPEG offers full size next: decoded again, at full size.
     data, face = portrait(astro, 2400, 3200, 0.12, orientation=6)
-    result = face_crop.process(data, "square", CropOptions(), profile="portrait")
+    result = face_crop.process(data, "square", CropOptions(detector="haar"), profile="portrait")
     assert result.decodes == 2 and [shape for _, shape in decodes] == [(800, 600, 3), (3200, 2400, 3)]
     assert decodes[1][0] == pytest.approx(300 / (1.4 * result.face_box["width"]), rel=0.01)  # type: ignore[index]
     assert overlap(as_box(result.face_box), face) > 0.7
@@ -513,7 +520,7 @@ def test_small_photos_are_decoded_once_at_full_size(
     # 1200x1600: detection would fit a 1/2-size decode, but the crop would then nearly always
     # need a second, full one; decoding once at full size is cheaper (DRAFT_MAX_SCALE).
     data, face = portrait(astro, 1200, 1600, 0.3)
-    result = face_crop.process(data, "passport", CropOptions(), profile="portrait")
+    result = face_crop.process(data, "passport", CropOptions(detector="haar"), profile="portrait")
     assert result.decodes == 1 and decodes == [(1.0, (1600, 1200, 3))]
     assert overlap(as_box(result.face_box), face) > 0.8
 
@@ -521,7 +528,7 @@ def test_small_photos_are_decoded_once_at_full_size(
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
 def test_portrait_profile_on_formats_without_reduced_decoding(astro: np.ndarray, fmt: str) -> None:
     data, face = portrait(astro, 1800, 2400, 0.2, fmt=fmt)
-    result = face_crop.process(data, "idcard", CropOptions(), profile="portrait")
+    result = face_crop.process(data, "idcard", CropOptions(detector="haar"), profile="portrait")
     assert result.decodes == 1 and (result.width, result.height) == (450, 600)
     assert overlap(as_box(result.face_box), face) > 0.8
 
@@ -531,7 +538,7 @@ def test_reduced_decode_of_gray_and_cmyk_jpeg(astro: np.ndarray, mode: str) -> N
     data, face = portrait(astro, 2400, 3200, 0.3)
     buf = io.BytesIO()
     Image.open(io.BytesIO(data)).convert(mode).save(buf, "JPEG", quality=90)
-    result = face_crop.process(buf.getvalue(), "square", CropOptions(), profile="portrait")
+    result = face_crop.process(buf.getvalue(), "square", CropOptions(detector="haar"), profile="portrait")
     assert overlap(as_box(result.face_box), face) > 0.8
     assert decode_out(result).shape == (300, 300, 3)
 
@@ -539,7 +546,7 @@ def test_reduced_decode_of_gray_and_cmyk_jpeg(astro: np.ndarray, mode: str) -> N
 def test_truncated_jpeg_fails_in_a_reduced_decode(astro: np.ndarray) -> None:
     data, _ = portrait(astro, 2400, 3200, 0.3)
     with pytest.raises(PermanentJobError) as info:
-        face_crop.process(data[: len(data) // 2], "square", CropOptions(), profile="portrait")
+        face_crop.process(data[: len(data) // 2], "square", CropOptions(detector="haar"), profile="portrait")
     assert info.value.code == NOT_AN_IMAGE
 
 
@@ -571,10 +578,10 @@ def test_portrait_profile_skips_faces_below_its_smallest_size(astro: np.ndarray)
     # A 6 % face: the general profile (single jobs) finds it, the portrait profile does not
     # look for faces under 10 % of the short side, and says so.
     data, face = portrait(astro, 1200, 1600, 0.06)
-    general = face_crop.process(data, "square", CropOptions())
+    general = face_crop.process(data, "square", CropOptions(detector="haar"))
     assert overlap(as_box(general.face_box), face) > 0.7
     with pytest.raises(PermanentJobError) as info:
-        face_crop.process(data, "square", CropOptions(), profile="portrait")
+        face_crop.process(data, "square", CropOptions(detector="haar"), profile="portrait")
     assert info.value.code == NO_FACE and "10% of the photo's shorter side" in info.value.message
 
 
