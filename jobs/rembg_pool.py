@@ -1,7 +1,8 @@
 """Client for a pool of rembg servers (`rembg s`): round-robin over REMBG_URLS, per-instance health.
 
 Each call POSTs the image to one instance's ``/api/remove`` (multipart ``file``, form fields
-``model``, ``a`` alpha matting, ``om`` only mask). If that instance cannot be reached, times
+``model``, ``a`` alpha matting, ``om`` only mask; the jobs ask for the mask only and make the
+cut-out themselves, jobs/imaging/background.py). If that instance cannot be reached, times
 out, or answers anything but a PNG (5xx, 404, 429...), the call moves on to the next instance
 within the same job attempt. A 4xx about the request itself (400, 413, 415, 422) is the image's
 fault, not the instance's: it fails the job permanently (``REMBG_REJECTED``). When no instance
@@ -175,7 +176,7 @@ class RembgPool:
     def rotation(self) -> list[str]:
         """The instances in the order the next call tries them (shared round-robin start)."""
         try:
-            start = int(self.redis.incr(contracts.REMBG_ROUND_ROBIN_KEY)) - 1  # type: ignore[arg-type]
+            start = int(self.redis.incr(contracts.REMBG_ROUND_ROBIN_KEY)) - 1
         except RedisError:
             start = random.randrange(len(self.urls))
         start %= len(self.urls)

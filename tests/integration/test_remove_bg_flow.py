@@ -1,8 +1,10 @@
 """Background removal as a vendor sees it: HTTP -> Gunicorn -> Redis -> 3 `rq worker`s -> 3 real
 `rembg s` servers (u2netp) -> local storage -> SQLite record rows.
 
-The photo is scikit-image's astronaut at 320 px, served from loopback. Instances are killed
-with SIGKILL, as a crash would, and started again afterwards.
+The rembg servers only compute masks; the workers make and encode the cut-outs, which must
+match a direct rembg call bit for bit. The photo is scikit-image's astronaut at 320 px (and a
+phone-style EXIF-rotated JPEG), served from loopback. Instances are killed with SIGKILL, as a
+crash would, and started again afterwards.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from rq.job import Job
 
 from core import contracts
 from tests.conftest import free_port
+from tests.jobs.imaging.test_background import direct_call, rotated_jpeg
 from tests.rembg_servers import RembgServers, photo_jpeg
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env, wait_for_job
 
@@ -32,6 +35,7 @@ pytestmark = pytest.mark.integration
 def photos() -> Iterator[PhotoServer]:
     server = PhotoServer()
     server.files["/astronaut.jpg"] = photo_jpeg(320)
+    server.files["/rotated.jpg"] = rotated_jpeg()
     yield server
     server.close()
 
@@ -154,6 +158,46 @@ def test_bg_color_flattens_to_a_jpeg(stack: Stack, key: str, photos: PhotoServer
     assert image.format == "JPEG" and image.mode == "RGB"
     red, green, blue = image.getpixel((2, 2))
     assert green > 220 and red < 40 and blue < 40
+
+
+def test_cutout_of_an_exif_rotated_photo_matches_a_direct_rembg_call(stack: Stack, key: str, photos: PhotoServer,
+                                                                     servers: RembgServers) -> None:
+    resp = post(stack, key, "remove-bg-queue", {"recordId": "rec-rotated", "projectId": "p1",
+                                                "photoUrl": photos.url("/rotated.jpg")})
+    job = wait_for_job(stack.base_url, key, resp.json()["jobId"], timeout=60)
+    assert job["state"] == "completed", stack.logs()
+    assert (job["result"]["width"], job["result"]["height"]) == (480, 640), "upright, as rembg turns it"
+    ours = Image.open(io.BytesIO(requests.get(job["result"]["photoUrl"], timeout=5).content))
+    theirs = direct_call(servers[0].url, photos.files["/rotated.jpg"])
+    assert ours.mode == theirs.mode == "RGBA" and ours.size == theirs.size
+    assert ours.getchannel("A").tobytes() == theirs.getchannel("A").tobytes(), "alpha, bit for bit"
+    assert ours.tobytes() == theirs.tobytes()
+
+
+@pytest.mark.parametrize("options, fmt, size, mode", [
+    ({"format": "webp", "maxSide": 200}, "webp", (200, 200), "RGBA"),
+    ({"format": "webp", "quality": 80}, "webp", (320, 320), "RGBA"),
+    ({"onlyMask": True, "maxSide": 100}, "png", (100, 100), "L"),
+    ({"bgColor": "#ffffff", "maxSide": 160, "quality": 70}, "jpeg", (160, 160), "RGB"),
+])
+def test_format_and_max_side(stack: Stack, key: str, photos: PhotoServer, servers: RembgServers,
+                             options: dict[str, Any], fmt: str, size: tuple[int, int], mode: str) -> None:
+    record_id = f"rec-{fmt}-{size[0]}-{mode}"
+    resp = post(stack, key, "remove-bg-queue", {"recordId": record_id, "projectId": "p1",
+                                                "photoUrl": photos.url("/astronaut.jpg"), "options": options})
+    assert resp.status_code == 202, resp.text
+    job = wait_for_job(stack.base_url, key, resp.json()["jobId"], timeout=60)
+    assert job["state"] == "completed", stack.logs()
+    result = job["result"]
+    assert result["format"] == fmt and (result["width"], result["height"]) == size
+    assert job["data"]["options"] == {"model": "u2netp", "bgColor": None, "onlyMask": False, "alphaMatting": False,
+                                      **options}
+    image = Image.open(io.BytesIO(requests.get(result["photoUrl"], timeout=5).content))
+    assert image.format == fmt.upper() and image.mode == mode and image.size == size
+    if mode != "RGB":
+        alpha = image.getchannel("A") if mode == "RGBA" else image
+        assert alpha.getpixel((2, 2)) < 16 and alpha.getpixel((size[0] // 2, size[1] // 2)) > 240
+    assert record(stack, key, record_id)["outputUrl"] == result["photoUrl"]
 
 
 def test_health_lists_every_rembg_instance(stack: Stack, servers: RembgServers) -> None:

@@ -388,6 +388,10 @@ def run_rembg(profile: str, workdir: Path, report: Report) -> None:
         counts.update(_rembg_faults(plan, servers, frozen, stop_s))
         statuses = wait_jobs(redis_url, wave1, 120 if profile == "quick" else 240)
         servers[1].wait_ready()
+        # Wave 2 checks that every instance is back in the rotation. An instance that failed in
+        # the last REMBG_COOLDOWN_S is skipped by design, and with mask-only calls wave 1 can
+        # end inside that window: let the cool-downs run out first.
+        time.sleep(float(env["REMBG_COOLDOWN_S"]) + 1)
         back = [s.removals() for s in servers]
         wave2 = _bulk_remove_bg(stack, key, photos, "w2", plan.rembg_wave2)
         statuses.update(wait_jobs(redis_url, wave2, 90))
