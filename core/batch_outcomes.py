@@ -14,6 +14,7 @@ from typing import Any
 from redis import Redis
 
 from core import contracts, metrics, webhook_events
+from core.batch_plan import zip_path
 from core.config import Settings
 from core.db.batches import BATCH_INGESTING, BATCH_PROCESSING, BATCH_QUEUED, ITEM_COMPLETED, ITEM_FAILED
 from core.db.database import Database
@@ -24,13 +25,18 @@ def batch_dir(settings: Settings, batch_id: str) -> Path:
     return Path(settings.upload_dir) / "batches" / batch_id
 
 
-def record_outcomes(db: Database, settings: Settings, batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
-    """Write outcomes (counted once), mirror them to the vendor's records, tidy up files."""
+def record_outcomes(db: Database, settings: Settings, batch: dict[str, Any],
+                    outcomes: list[dict[str, Any]]) -> set[int]:
+    """Write outcomes (counted once), mirror them to the vendor's records, tidy up files.
+
+    Returns the seqs recorded now; the others were no longer pending (an earlier run recorded
+    them, or the batch was canceled first) and their records are left alone.
+    """
     if not outcomes:
-        return
+        return set()
     batch_id = batch["batch_id"]
-    db.record_item_outcomes(batch_id, outcomes)
-    mirror_records(db, settings, batch, outcomes)
+    moved = db.record_item_outcomes_moved(batch_id, outcomes)
+    mirror_records(db, settings, batch, [outcome for outcome in outcomes if outcome["seq"] in moved])
     if batch["source"] == "zip":
         # By path, never by listing the folder: a million-image batch keeps its images there.
         for outcome in outcomes:
@@ -39,6 +45,26 @@ def record_outcomes(db: Database, settings: Settings, batch: dict[str, Any], out
     refreshed = db.get_batch(batch_id)
     if refreshed is not None and refreshed["status"] not in (BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING):
         shutil.rmtree(batch_dir(settings, batch_id), ignore_errors=True)
+    return moved
+
+
+def cancel_batch(db: Database, settings: Settings, connection: Redis, batch: dict[str, Any]) -> int:
+    """Cancel a batch: pending items and their records canceled, uploaded files removed, webhook queued.
+
+    Returns how many items were canceled now. The item move is one transaction (core/db/batches.py
+    ``cancel_batch``); chunk jobs still queued find nothing pending and end at once, and a running
+    one stops before its next image (what it had not recorded stays canceled). Idempotent.
+    """
+    batch_id = batch["batch_id"]
+    canceled = db.cancel_batch(batch_id)
+    if batch["source"] == "urls":
+        db.cancel_batch_records(batch["vendor_id"], batch_id)
+    # The uploaded ZIP and the images extracted from it: no job will read them any more (an
+    # ingestion still running sees the batch canceled at its next chunk and stops).
+    zip_path(settings.upload_dir, batch_id).unlink(missing_ok=True)
+    shutil.rmtree(batch_dir(settings, batch_id), ignore_errors=True)
+    webhook_events.notify_batch_if_final(db, settings, connection, batch_id)
+    return canceled
 
 
 def mirror_records(db: Database, settings: Settings, batch: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
@@ -67,10 +93,11 @@ def mirror_batch_records(db: Database, settings: Settings, batch_id: str) -> int
 def record_fields(outcome: dict[str, Any]) -> dict[str, Any]:
     """The record-row columns an item outcome sets."""
     if outcome["status"] == ITEM_COMPLETED:
+        # Background removals have no face fields: .get leaves them NULL.
         return {"processing_status": contracts.STATUS_COMPLETED, "output_url": outcome["output_url"],
-                "face_detected": outcome["face_detected"], "face_count": outcome["face_count"],
-                "face_box": outcome["face_box"], "output_width": outcome["output_width"],
-                "output_height": outcome["output_height"], "error_code": None, "error_message": None,
+                "face_detected": outcome.get("face_detected"), "face_count": outcome.get("face_count"),
+                "face_box": outcome.get("face_box"), "output_width": outcome.get("output_width"),
+                "output_height": outcome.get("output_height"), "error_code": None, "error_message": None,
                 "completed_at": datetime.now(UTC)}
     return {"processing_status": contracts.STATUS_FAILED, "error_code": outcome["error_code"],
             "error_message": outcome["error_message"]}
@@ -88,6 +115,7 @@ def fail_pending_items(db: Database, settings: Settings, connection: Redis, batc
                                            "source": item["source"], "status": ITEM_FAILED,
                                            "error_code": code, "error_message": message[:2000]} for item in left])
     webhook_events.notify_batch_if_final(db, settings, connection, batch_id, batch)
-    metrics.images_finished(connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
+    metrics.images_finished(connection, batch["vendor_id"],
+                            contracts.batch_kind(batch.get("operation") or contracts.OPERATION_CROP_FACE),
                             completed=0, failed=len(left))
     return len(left)

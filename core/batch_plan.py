@@ -25,6 +25,7 @@ class BatchRef:
     batch_id: str
     vendor_id: str
     priority: int
+    operation: str = "cropFace"  # contracts.BATCH_OPERATIONS
 
 
 def chunk_job_id(batch_id: str, first_seq: int) -> str:
@@ -67,10 +68,18 @@ def enqueue_chunk(redis: Redis, batch: BatchRef, first_seq: int, last_seq: int, 
         retry=job_retry(settings)
         if settings.job_retries > 0 else None,
         on_failure=Callback(contracts.ON_CHUNK_FAILURE),
-        rate_limit=RateLimit(f"batch:{batch.vendor_id}:p{batch.priority}", settings.batch_vendor_concurrency),
+        rate_limit=chunk_rate_limit(batch, settings),
         meta={"vendor_id": batch.vendor_id, "batch_id": batch.batch_id},
     )
     return True
+
+
+def chunk_rate_limit(batch: BatchRef, settings: Settings) -> RateLimit:
+    """The RQ RateLimit of a batch's chunks: per vendor and priority; background removals under
+    their own, smaller key (BATCH_REMBG_CONCURRENCY) so one batch cannot take every rembg server."""
+    if batch.operation in (contracts.OPERATION_REMOVE_BG, contracts.OPERATION_ID_PHOTO):  # both call rembg
+        return RateLimit(f"batch:{batch.vendor_id}:removeBg:p{batch.priority}", settings.batch_rembg_concurrency)
+    return RateLimit(f"batch:{batch.vendor_id}:p{batch.priority}", settings.batch_vendor_concurrency)
 
 
 def enqueue_ingest(redis: Redis, batch: BatchRef, path: str, settings: Settings) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 
 from redis import Redis
 from rq import Callback, Queue, Retry
-from rq.exceptions import NoSuchJobError
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.worker import Worker
 
@@ -31,8 +32,8 @@ _STATES = {
     JobStatus.STARTED: "active",
     JobStatus.FINISHED: "completed",
     JobStatus.FAILED: "failed",
-    JobStatus.STOPPED: "failed",
-    JobStatus.CANCELED: "failed",
+    JobStatus.STOPPED: "canceled",  # stopped by DELETE /api/image-queue/job/<id> (cancel_job)
+    JobStatus.CANCELED: "canceled",
     JobStatus.SCHEDULED: "delayed",
 }
 
@@ -131,6 +132,40 @@ def job_view(job: Job) -> dict[str, Any]:
     elif state == "failed":
         body["error"] = {"code": "JOB_FAILED", "message": _last_line(job)}
     return body
+
+
+class NotCancelable(Exception):
+    """The job already finished (completed or failed): it cannot be canceled into another state."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+def cancel_job(redis: Redis, job: Job) -> str:
+    """Cancel a job; returns the state it was in ("canceled" again when it already was).
+
+    waiting, delayed: RQ's ``job.cancel()`` (it leaves its queue or registry for the canceled
+    one). active: RQ's stop-job command to the worker running it, which kills the work horse and
+    marks the job stopped (shown as canceled) without retrying; a job that finishes before the
+    command arrives stays completed. completed, failed: ``NotCancelable``.
+    """
+    state = job_state(job)
+    if state == "canceled":
+        return state
+    if state in ("completed", "failed"):
+        raise NotCancelable(state)
+    try:
+        if state == "active":
+            send_stop_job_command(redis, job.id)
+        else:
+            job.cancel()
+    except InvalidJobOperation:  # it moved on meanwhile (finished, or stopped by another call)
+        job.refresh()
+        now = job_state(job)
+        if now in ("completed", "failed"):
+            raise NotCancelable(now) from None
+    return state
 
 
 def _last_line(job: Job) -> str:

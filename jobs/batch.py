@@ -22,13 +22,15 @@ from rq import get_current_job
 from rq.job import Job
 
 from core import contracts, metrics, webhook_events
-from core.batch_outcomes import batch_dir, fail_pending_items, mirror_unmirrored, record_outcomes
+from core.batch_outcomes import batch_dir, cancel_batch, fail_pending_items, mirror_unmirrored, record_outcomes
 from core.batch_plan import BatchRef, enqueue_chunk
 from core.db.batches import (
+    BATCH_CANCELED,
     BATCH_FAILED,
     BATCH_INGESTING,
     BATCH_PROCESSING,
     BATCH_QUEUED,
+    ITEM_CANCELED,
     ITEM_COMPLETED,
     ITEM_FAILED,
     ITEM_PENDING,
@@ -36,7 +38,6 @@ from core.db.batches import (
 )
 from core.errors import (
     BATCH_NOT_FOUND,
-    NO_FACE,
     NO_IMAGES,
     SOURCE_MISSING,
     JobError,
@@ -54,7 +55,12 @@ INSERT_BATCH_ROWS = 500  # items written per INSERT while ingesting
 
 
 def _ref(batch: dict[str, Any]) -> BatchRef:
-    return BatchRef(batch["batch_id"], batch["vendor_id"], int(batch["priority"]))
+    return BatchRef(batch["batch_id"], batch["vendor_id"], int(batch["priority"]),
+                    batch.get("operation") or contracts.OPERATION_CROP_FACE)
+
+
+class _Canceled(Exception):
+    """The batch was canceled while its ZIP was being ingested."""
 
 
 class _Ingest:
@@ -86,10 +92,13 @@ class _Ingest:
 
     def _queue_chunk(self) -> None:
         self._write()  # a chunk's items must exist before its job can run
+        current = self.ctx.db.get_batch(self.batch["batch_id"])
+        if current is None or current["status"] == BATCH_CANCELED:
+            raise _Canceled()
         if enqueue_chunk(self.redis, _ref(self.batch), self.chunk[0], self.chunk[-1], self.ctx.settings):
             self.ctx.db.add_batch_queued(self.batch["batch_id"], len(self.chunk))
-            metrics.images_submitted(self.redis, self.batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
-                                     len(self.chunk))
+            metrics.images_submitted(self.redis, self.batch["vendor_id"],
+                                     contracts.batch_kind(_ref(self.batch).operation), len(self.chunk))
         self.queued += len(self.chunk)
         self.chunk = []
 
@@ -112,9 +121,11 @@ def _batch_job(batch_id: str) -> tuple[Job, Context, dict[str, Any]]:
 
 def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
     """Stream the uploaded ZIP entry by entry into batch items and queue their chunks."""
-    from core.zipstream.archive import ArchiveLimits, ImageEntry, iter_archive
-
     job, ctx, batch = _batch_job(batch_id)
+    if batch["status"] == BATCH_CANCELED:  # canceled before its ingestion started
+        cancel_batch(ctx.db, ctx.settings, job.connection, batch)
+        metrics.job_succeeded(job.connection, job)
+        return {"batchId": batch_id, "images": 0, "skipped": 0, "canceled": True}
     ctx.db.set_batch(batch_id, status=BATCH_INGESTING, only_from=(BATCH_QUEUED, BATCH_INGESTING))
     existing = ctx.db.batch_items(batch_id, after_seq=-1, limit=1)
     resume_after = -1
@@ -124,18 +135,16 @@ def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     ingest = _Ingest(ctx, job.connection, batch, resume_after)
     log.info("job=%s vendor=%s batch=%s ingesting %s", job.id, batch["vendor_id"], batch_id, path)
-    for entry in iter_archive(path, ArchiveLimits.from_settings(ctx.settings)):
-        if isinstance(entry, ImageEntry):
-            extension = entry.content_type.rsplit("/", 1)[-1].replace("jpeg", "jpg")
-            source = folder / f"{entry.index}.{extension}"
-            if entry.index > resume_after:
-                _write_file(source, entry.data)
-            ingest.add({"seq": entry.index, "entry_name": entry.name[:1024], "source": str(source),
-                        "status": ITEM_PENDING})
-        else:
-            ingest.add({"seq": entry.index, "entry_name": entry.name[:1024], "status": ITEM_SKIPPED,
-                        "error_code": entry.code, "error_message": entry.reason[:2000]})
-    ingest.finish()
+    try:
+        _ingest_entries(ingest, folder, path, resume_after)
+    except _Canceled:
+        # The vendor canceled meanwhile: cancel the items written since, remove the files.
+        cancel_batch(ctx.db, ctx.settings, job.connection, batch)
+        log.info("job=%s vendor=%s batch=%s canceled during ingestion; stopped", job.id, batch["vendor_id"],
+                 batch_id)
+        metrics.job_succeeded(job.connection, job)
+        return {"batchId": batch_id, "images": ingest.images, "skipped": ingest.skipped, "canceled": True,
+                "peakRssKb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
     if ingest.images == 0:
         raise PermanentJobError(f"the ZIP holds no usable image ({ingest.skipped} entries skipped; "
                                 "see the results listing for why)", code=NO_IMAGES)
@@ -150,6 +159,24 @@ def ingest_zip(batch_id: str, path: str) -> dict[str, Any]:
     # Peak RSS of this work-horse (kB): the ingest's memory must stay flat whatever the ZIP size.
     return {"batchId": batch_id, "images": ingest.images, "skipped": ingest.skipped,
             "peakRssKb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def _ingest_entries(ingest: _Ingest, folder: Path, path: str, resume_after: int) -> None:
+    """Stream the ZIP's entries into items and chunks (raises _Canceled when the batch is canceled)."""
+    from core.zipstream.archive import ArchiveLimits, ImageEntry, iter_archive
+
+    for entry in iter_archive(path, ArchiveLimits.from_settings(ingest.ctx.settings)):
+        if isinstance(entry, ImageEntry):
+            extension = entry.content_type.rsplit("/", 1)[-1].replace("jpeg", "jpg")
+            source = folder / f"{entry.index}.{extension}"
+            if entry.index > resume_after:
+                _write_file(source, entry.data)
+            ingest.add({"seq": entry.index, "entry_name": entry.name[:1024], "source": str(source),
+                        "status": ITEM_PENDING})
+        else:
+            ingest.add({"seq": entry.index, "entry_name": entry.name[:1024], "status": ITEM_SKIPPED,
+                        "error_code": entry.code, "error_message": entry.reason[:2000]})
+    ingest.finish()
 
 
 def _last_seq(ctx: Context, batch_id: str) -> int:
@@ -191,11 +218,19 @@ def on_ingest_failure(job: Job, connection: Redis, exc_type: type[BaseException]
 
 
 def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any]:
-    """Crop every pending image of one chunk; record each outcome; retry only transient ones."""
+    """Process every pending image of one chunk by the batch's operation (crop the face, or remove
+    the background); record each outcome; retry only transient ones.
+
+    Before each image the chunk re-reads the batch's status: once it is canceled the chunk stops.
+    Images it finished but had not recorded when the cancel landed stay canceled (outcomes only
+    move pending items) and their stored outputs are removed again.
+    """
     from jobs.fetch import fetch_image
     from jobs.imaging import face_crop
 
     job, ctx, batch = _batch_job(batch_id)
+    operation = batch.get("operation") or contracts.OPERATION_CROP_FACE
+    kind = contracts.batch_kind(operation)
     mirror_unmirrored(ctx.db, ctx.settings, batch, first_seq, last_seq)
     items = ctx.db.pending_items(batch_id, first_seq, last_seq)
     if not items:  # a re-run after everything was recorded
@@ -204,18 +239,36 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
         metrics.job_succeeded(job.connection, job, count_image=False)
         return {"processed": 0, "failed": 0, "retry": 0}
     ctx.db.count_attempt(batch_id, [item["seq"] for item in items])
-    options = contracts.crop_options_from_dict(batch["options"])
     outcomes: list[dict[str, Any]] = []
     transient: list[tuple[int, JobError]] = []
+    keys: dict[int, str] = {}
+    remover: _BackgroundRemover | _IdPhotoMaker | None = None
+    if operation == contracts.OPERATION_REMOVE_BG:
+        remover = _BackgroundRemover(ctx, job.connection, batch)
+    elif operation == contracts.OPERATION_ID_PHOTO:
+        remover = _IdPhotoMaker(ctx, job.connection, batch)
+    options = contracts.crop_options_from_dict(batch["options"]) if remover is None else None
     for item in items:
+        if _canceled(ctx, batch_id):
+            log.info("job=%s vendor=%s batch=%s canceled; chunk %d-%d stops", job.id, batch["vendor_id"],
+                     batch_id, first_seq, last_seq)
+            break
         try:
             if batch["source"] == "urls":
                 data = fetch_image(item["source"], ctx.settings).data
             else:
                 data = _read_source(item["source"])
-            result = _crop(face_crop, data, batch["mode"], options, ctx.settings.max_image_pixels)
+            if remover is not None:
+                outcome, key = remover.run(item, data)
+                keys[item["seq"]] = key
+                outcomes.append(outcome)
+                continue
+            assert options is not None
+            result = _crop(face_crop, data, batch["mode"], options, ctx.settings.max_image_pixels,
+                           ctx.settings.face_detector)
             key = safe_key(batch["vendor_id"], "batches", batch_id, f"{item['seq']:07d}.{result.extension}")
             url = ctx.storage.put(key, result.data, result.content_type)
+            keys[item["seq"]] = key
             details = result.to_result()
             outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                              "status": ITEM_COMPLETED,
@@ -229,14 +282,18 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
             outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                              "status": ITEM_FAILED,
                              "error_code": exc.code, "error_message": exc.message[:2000]})
-    record_outcomes(ctx.db, ctx.settings, batch, outcomes)
+    recorded = record_outcomes(ctx.db, ctx.settings, batch, outcomes)
+    for outcome in outcomes:  # finished as the batch was canceled: not part of its results
+        if outcome["seq"] not in recorded and outcome["seq"] in keys and _item_canceled(ctx, batch_id, outcome):
+            ctx.storage.delete(keys[outcome["seq"]])
     webhook_events.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
+    outcomes = [outcome for outcome in outcomes if outcome["seq"] in recorded]
     failed = sum(o["status"] == ITEM_FAILED for o in outcomes)
-    metrics.images_finished(job.connection, batch["vendor_id"], contracts.KIND_BATCH_FACE_CROP,
+    metrics.images_finished(job.connection, batch["vendor_id"], kind,
                             completed=len(outcomes) - failed, failed=failed)
     log.info("job=%s vendor=%s batch=%s chunk %d-%d: %d done, %d to retry", job.id, batch["vendor_id"],
              batch_id, first_seq, last_seq, len(outcomes), len(transient))
-    if transient:
+    if transient and not _canceled(ctx, batch_id):
         seq, first = transient[0]
         raise TransientJobError(f"{len(transient)} image(s) of this chunk hit transient errors and will be "
                                 f"retried (first: item {seq}: {first.message})", code=first.code)
@@ -244,18 +301,80 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
     return {"processed": len(outcomes), "failed": sum(o["status"] == ITEM_FAILED for o in outcomes), "retry": 0}
 
 
-def _crop(face_crop: Any, data: bytes, mode: str, options: contracts.CropOptions, max_pixels: int) -> Any:
-    """The fast ``portrait`` detection (faces >= 10% of the short side); on no face, the general one.
+def _canceled(ctx: Context, batch_id: str) -> bool:
+    current = ctx.db.get_batch(batch_id)
+    return current is None or current["status"] == BATCH_CANCELED
 
-    The fallback costs a second decode and detection, but only for photos without a large
-    face, so batch recall is never below the single-job pipeline's.
+
+def _item_canceled(ctx: Context, batch_id: str, outcome: dict[str, Any]) -> bool:
+    rows = ctx.db.batch_items(batch_id, after_seq=int(outcome["seq"]) - 1, limit=1)
+    return bool(rows) and rows[0]["seq"] == outcome["seq"] and rows[0]["status"] == ITEM_CANCELED
+
+
+class _BackgroundRemover:
+    """Background removal of batch images: the single job's path (jobs.imaging.background with the
+    rembg pool), output stored under the batch's key."""
+
+    def __init__(self, ctx: Context, connection: Redis, batch: dict[str, Any]) -> None:
+        from jobs.rembg_pool import RembgPool
+
+        self.ctx, self.batch = ctx, batch
+        self.options = contracts.remove_bg_options_from_dict(batch["options"])
+        self.pool = RembgPool.from_settings(ctx.settings, connection)
+
+    def run(self, item: dict[str, Any], data: bytes) -> tuple[dict[str, Any], str]:
+        """The item's completed outcome and the storage key of its output."""
+        from jobs.imaging import background
+
+        output, _removed = background.remove_background(
+            data, self.options, self.pool, max_pixels=self.ctx.settings.max_image_pixels,
+            png_level=self.ctx.settings.bg_png_compress_level)
+        key = safe_key(self.batch["vendor_id"], "batches", self.batch["batch_id"],
+                       f"{item['seq']:07d}.{output.extension}")
+        url = self.ctx.storage.put(key, output.data, output.content_type)
+        return ({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
+                 "status": ITEM_COMPLETED, "output_url": url, "output_width": output.width,
+                 "output_height": output.height}, key)
+
+
+class _IdPhotoMaker:
+    """ID photos of batch images: the single job's path (jobs.imaging.id_photo with the rembg pool).
+
+    Batch items have no column for the report: its verdict is in the item's face fields only as
+    far as they go, and the whole report is in single jobs' results and records."""
+
+    def __init__(self, ctx: Context, connection: Redis, batch: dict[str, Any]) -> None:
+        from core.id_photos import from_job_options
+        from jobs.rembg_pool import RembgPool
+
+        self.ctx, self.batch = ctx, batch
+        self.spec, self.options = from_job_options(batch["options"])
+        self.pool = RembgPool.from_settings(ctx.settings, connection)
+
+    def run(self, item: dict[str, Any], data: bytes) -> tuple[dict[str, Any], str]:
+        """The item's completed outcome and the storage key of its output."""
+        from jobs.imaging import id_photo
+
+        result = id_photo.process(data, self.spec, self.options, self.pool,
+                                  max_pixels=self.ctx.settings.max_image_pixels,
+                                  model=self.ctx.settings.rembg_models[0])
+        key = safe_key(self.batch["vendor_id"], "batches", self.batch["batch_id"],
+                       f"{item['seq']:07d}.{result.extension}")
+        url = self.ctx.storage.put(key, result.data, result.content_type)
+        return ({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
+                 "status": ITEM_COMPLETED, "output_url": url, "face_detected": True, "face_count": 1,
+                 "face_box": result.face_box, "output_width": result.width, "output_height": result.height}, key)
+
+
+def _crop(face_crop: Any, data: bytes, mode: str, options: contracts.CropOptions, max_pixels: int,
+          detector: str) -> Any:
+    """The batch's face crop: options.detector, else FACE_DETECTOR (``detector``).
+
+    Haar searches with its ``batch`` profile: the fast ``portrait`` search (faces >= 10% of the
+    short side) and, only on no face, the general one, from the same decode, so batch recall is
+    never below the single-job pipeline's. YuNet's coarse-to-fine passes are the same for both.
     """
-    try:
-        return face_crop.process(data, mode, options, max_pixels=max_pixels, profile="portrait")
-    except PermanentJobError as exc:
-        if exc.code != NO_FACE:
-            raise
-    return face_crop.process(data, mode, options, max_pixels=max_pixels, profile="general")
+    return face_crop.process(data, mode, options, max_pixels=max_pixels, profile="batch", detector=detector)
 
 
 def _read_source(path: str) -> bytes:

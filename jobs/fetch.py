@@ -21,7 +21,13 @@ from requests_hardened.ip_filter import InvalidIPAddress
 from urllib3.exceptions import ReadTimeoutError
 
 from core.config import Settings
-from core.contracts import InvalidField, sniff_image_type, validate_photo_url
+from core.contracts import (  # sniff_image_type: tests import it from here
+    UPLOAD_SCHEME,
+    InvalidField,
+    sniff_image_type,  # noqa: F401
+    sniff_photo_type,
+    validate_photo_url,
+)
 from core.errors import (
     FETCH_FAILED,
     FORBIDDEN_ADDRESS,
@@ -46,7 +52,7 @@ class FetchedImage:
     """A downloaded image: its bytes, the type sniffed from them, and the URL after redirects."""
 
     data: bytes
-    content_type: str  # sniffed: image/jpeg, image/png, image/webp
+    content_type: str  # sniffed: image/jpeg, image/png, image/webp (HEIC and AVIF arrive as image/png)
     final_url: str
 
 
@@ -126,11 +132,11 @@ def _read_capped(response: requests.Response, url: str, max_bytes: int) -> Fetch
 
 
 def _sniffed_or_raise(data: bytes, response: requests.Response, url: str) -> str:
-    content_type = sniff_image_type(data)
+    content_type = sniff_photo_type(data)
     if content_type is None:
         claimed = response.headers.get("Content-Type", "none")
         raise PermanentJobError(
-            f"{url} is not a JPEG, PNG or WebP image: it looks like {describe_content(data)} "
+            f"{url} is not a JPEG, PNG, WebP, HEIC or AVIF image: it looks like {describe_content(data)} "
             f"(server's Content-Type: {claimed})",
             code=NOT_AN_IMAGE,
         )
@@ -171,7 +177,26 @@ def _translate(exc: requests.RequestException, url: str, settings: Settings) -> 
 
 
 def fetch_image(url: str, settings: Settings) -> FetchedImage:
-    """Download an image URL safely; raise Permanent/TransientJobError with a code otherwise."""
+    """Download an image URL safely (or read a photo sent as a file, ``upload:<name>``); HEIC and
+    AVIF come back as PNG (jobs/phone_photos.py). Raise Permanent/TransientJobError with a code."""
+    from jobs import phone_photos
+
+    if url.startswith(UPLOAD_SCHEME):
+        data = phone_photos.read_upload(settings, url)
+        content_type = sniff_photo_type(data)
+        if content_type is None:
+            raise PermanentJobError(f"the uploaded photo is not a JPEG, PNG, WebP, HEIC or AVIF image: it looks "
+                                    f"like {describe_content(data)}", code=NOT_AN_IMAGE)
+        fetched = FetchedImage(data, content_type, url)
+    else:
+        fetched = _fetch_url(url, settings)
+    if fetched.content_type in phone_photos.PHONE_TYPES:
+        png = phone_photos.to_png(fetched.data, fetched.content_type, settings.max_image_pixels)
+        return FetchedImage(png, "image/png", fetched.final_url)
+    return fetched
+
+
+def _fetch_url(url: str, settings: Settings) -> FetchedImage:
     current = _checked_url(url, "photo URL")
     logger.info("fetch: %s", current)
     with _session(settings) as session:

@@ -111,7 +111,8 @@ class Reconciler:
             for row in page:
                 if row["job_kind"] in contracts.SINGLE_JOB_KINDS:
                     self._record(row)
-                elif row["job_kind"] == contracts.KIND_BATCH_FACE_CROP and row["current_job_id"]:
+                elif row["job_kind"] in (contracts.KIND_BATCH_FACE_CROP, contracts.KIND_BATCH_REMOVE_BG) \
+                        and row["current_job_id"]:
                     batch_records.add(row["current_job_id"])
         for batch in self.db.open_batches(self.cutoff):
             self._batch(batch)

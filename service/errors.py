@@ -64,6 +64,13 @@ class NotFound(ApiError):
     error_code = "NOT_FOUND"
 
 
+class Conflict(ApiError):
+    """409: the target's state does not allow the request (canceling a finished job)."""
+
+    code = 409
+    error_code = "CONFLICT"
+
+
 class ServiceUnavailable(ApiError):
     """503: Redis or the database is down; clients should retry after ``Retry-After``."""
 

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from core.db.engine import Engine, _iso, _now
+from core.db.pages import Page, after_clause, next_cursor
 
 # Batch statuses.
 BATCH_QUEUED = "queued"  # accepted; ingestion job waiting
@@ -20,13 +21,17 @@ BATCH_PROCESSING = "processing"  # every item created; chunks running
 BATCH_COMPLETED = "completed"
 BATCH_COMPLETED_WITH_ERRORS = "completed_with_errors"
 BATCH_FAILED = "failed"  # the upload itself was unusable (not a ZIP, truncated, too big)
-BATCH_FINAL = (BATCH_COMPLETED, BATCH_COMPLETED_WITH_ERRORS, BATCH_FAILED)
+BATCH_CANCELED = "canceled"  # POST /api/batch/<id>/cancel: its pending images will not run
+BATCH_ACTIVE = (BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING)
+BATCH_FINAL = (BATCH_COMPLETED, BATCH_COMPLETED_WITH_ERRORS, BATCH_FAILED, BATCH_CANCELED)
+BATCH_STATUSES = (*BATCH_ACTIVE, *BATCH_FINAL)
 
 # Item statuses.
 ITEM_PENDING = "pending"
 ITEM_COMPLETED = "completed"
 ITEM_FAILED = "failed"
 ITEM_SKIPPED = "skipped"  # a ZIP entry that is not a usable image (reported, not counted)
+ITEM_CANCELED = "canceled"  # still pending when its batch was canceled (counted in ``batches.canceled``)
 
 _BATCH_FIELDS = ("status", "image_count", "error_code", "error_message", "completed_at")
 _ITEM_RESULT_FIELDS = ("output_url", "face_detected", "face_count", "face_box", "output_width",
@@ -39,14 +44,15 @@ class BatchRows(Engine):
 
     def create_batch(self, batch_id: str, vendor_id: str, project_id: str, *, source: str,
                      priority: int, mode: str, options: dict[str, Any], status: str = BATCH_QUEUED,
-                     callback_url: str | None = None) -> None:
-        """Insert a new batch row (``callback_url``: its completion webhook, jobs/webhooks.py)."""
+                     callback_url: str | None = None, operation: str = "cropFace") -> None:
+        """Insert a new batch row (``callback_url``: its completion webhook, jobs/webhooks.py;
+        ``operation``: contracts.BATCH_OPERATIONS)."""
         now = _now()
         self._write(
             "INSERT INTO batches (batch_id, vendor_id, project_id, status, source, priority, mode, options_json,"
-            " callback_url, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " callback_url, operation, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (batch_id, vendor_id, project_id, status, source, priority, mode, json.dumps(options), callback_url,
-             now, now))
+             operation, now, now))
 
     def get_batch(self, batch_id: str, vendor_id: str | None = None) -> dict[str, Any] | None:
         """The batch row; with ``vendor_id``, only if that vendor owns it."""
@@ -55,11 +61,53 @@ class BatchRows(Engine):
         else:
             row = self._fetch_one("SELECT * FROM batches WHERE batch_id = ? AND vendor_id = ?",
                                   (batch_id, vendor_id))
-        if row is not None:
-            row["options"] = json.loads(row.pop("options_json") or "{}")
-            for column in ("created_at", "updated_at", "completed_at"):
-                row[column] = _iso(row[column])
-        return row
+        return None if row is None else _batch_row(row)
+
+    def list_batches(self, vendor_id: str, *, project_id: str | None = None, status: str | None = None,
+                     cursor: str | None = None, limit: int = 50) -> Page:
+        """The vendor's batches, newest first, optionally of one project and status (keyset pages).
+
+        ``cursor`` is a previous page's ``next_cursor``; ValueError when it is not one.
+        """
+        sql, params = "SELECT * FROM batches WHERE vendor_id = ?", [vendor_id]
+        if project_id is not None:
+            sql, params = sql + " AND project_id = ?", [*params, project_id]
+        if status is not None:
+            sql, params = sql + " AND status = ?", [*params, status]
+        if cursor:
+            clause, values = after_clause(cursor, "batch_id")
+            sql, params = sql + clause, [*params, *values]
+        rows = self._fetch_all(sql + " ORDER BY created_at DESC, batch_id DESC LIMIT ?", (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        token = next_cursor(rows[-1]["created_at"], rows[-1]["batch_id"]) if more and rows else None
+        return Page([_batch_row(row) for row in rows], token)
+
+    def cancel_batch(self, batch_id: str) -> int:
+        """Cancel every still-pending item and the batch itself, in one transaction; returns how many items.
+
+        One UPDATE moves the items (a 100,000-image batch cancels in one statement), only from
+        ``pending``: an item a chunk finished first keeps its outcome, and a chunk recording an
+        item canceled first changes nothing (``record_item_outcomes`` only moves pending items),
+        so ``processed + canceled`` stays exact under a racing chunk. Items first, then the
+        batch row, the order the chunks lock them in. Idempotent; a finished batch keeps its
+        status (a second call only cancels items an ingestion wrote after the first).
+        """
+        def work(cur: Any) -> int:
+            now = _now()
+            self._execute(cur, "UPDATE batch_items SET status = ?, error_code = ?, error_message = ?, updated_at = ?"
+                               " WHERE batch_id = ? AND status = ?",
+                          (ITEM_CANCELED, "CANCELED", "the batch was canceled before this image ran", now,
+                           batch_id, ITEM_PENDING))
+            moved = max(int(cur.rowcount), 0)
+            active = ", ".join("?" for _ in BATCH_ACTIVE)
+            self._execute(cur, f"UPDATE batches SET canceled = canceled + ?,"
+                               f" completed_at = CASE WHEN status IN ({active}) THEN ? ELSE completed_at END,"
+                               f" status = CASE WHEN status IN ({active}) THEN ? ELSE status END,"
+                               " updated_at = ? WHERE batch_id = ?",
+                          (moved, *BATCH_ACTIVE, now, *BATCH_ACTIVE, BATCH_CANCELED, now, batch_id))
+            return moved
+        return self._transaction(work)
 
     def set_batch(self, batch_id: str, *, only_from: tuple[str, ...] = (), **fields: Any) -> bool:
         """Set batch fields (status, image_count, error_*); with ``only_from``, only from those statuses."""
@@ -128,8 +176,16 @@ class BatchRows(Engine):
         Returns (newly processed, newly failed); items no longer pending are left alone, so
         replaying the same outcomes changes nothing. Finishes the batch when nothing is left.
         """
-        def work(cur: Any) -> tuple[int, int]:
+        moved = self.record_item_outcomes_moved(batch_id, outcomes)
+        return len(moved), sum(1 for outcome in outcomes if outcome["seq"] in moved
+                               and outcome["status"] == ITEM_FAILED)
+
+    def record_item_outcomes_moved(self, batch_id: str, outcomes: list[dict[str, Any]]) -> set[int]:
+        """``record_item_outcomes``, returning the seqs that moved (the others were no longer
+        pending: recorded by an earlier run, or canceled)."""
+        def work(cur: Any) -> set[int]:
             processed = failed = 0
+            moved: set[int] = set()
             now = _now()
             for outcome in outcomes:
                 values = [outcome.get(name) for name in _ITEM_RESULT_FIELDS]
@@ -142,11 +198,12 @@ class BatchRows(Engine):
                 if cur.rowcount == 1:
                     processed += 1
                     failed += outcome["status"] == ITEM_FAILED
+                    moved.add(int(outcome["seq"]))
             if processed:
                 self._execute(cur, "UPDATE batches SET processed = processed + ?, failed = failed + ?,"
                                    " updated_at = ? WHERE batch_id = ?", (processed, failed, now, batch_id))
             self._finish_if_done(cur, batch_id)
-            return processed, failed
+            return moved
         return self._transaction(work)
 
     def unmirrored_outcomes(self, batch_id: str, vendor_id: str, first_seq: int,
@@ -234,3 +291,13 @@ class BatchRows(Engine):
                     row["face_box"] = json.loads(row["face_box"])
             return rows
         return self._run(work)
+
+
+def _batch_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A batches row as callers read it: options decoded, timestamps ISO-8601."""
+    row["options"] = json.loads(row.pop("options_json") or "{}")
+    for column in ("created_at", "updated_at", "completed_at"):
+        row[column] = _iso(row[column])
+    row.setdefault("operation", "cropFace")
+    row.setdefault("canceled", 0)
+    return row

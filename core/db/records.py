@@ -9,16 +9,17 @@ import json
 from typing import Any
 
 from core.db.engine import Engine, _encode, _iso, _now, _PacketTooLarge, _size, log
+from core.db.pages import Page, after_clause, next_cursor
 from core.errors import RECORD_TOO_LARGE, PermanentJobError
 
 # Columns a job may write with update_record; identity, ownership and timestamps are not.
 UPDATABLE_COLUMNS = frozenset({
     "processing_status", "job_kind", "source_url", "output_url", "face_detected", "face_count",
     "face_box", "output_width", "output_height", "error_code", "error_message", "attempts",
-    "completed_at",
+    "completed_at", "report_json",
 })
 _RESULT_COLUMNS = ("output_url", "face_detected", "face_count", "face_box", "output_width",
-                   "output_height", "error_code", "error_message", "completed_at")
+                   "output_height", "error_code", "error_message", "completed_at", "report_json")
 _TIMESTAMP_COLUMNS = ("created_at", "updated_at", "completed_at", "revoked_at")
 
 
@@ -69,16 +70,46 @@ class Records(Engine):
         """The vendor's record (timestamps ISO-8601, face_box decoded), or None."""
         row = self._fetch_one("SELECT * FROM data_records WHERE vendor_id = ? AND record_id = ?",
                               (vendor_id, record_id))
-        if row is None:
-            return None
-        for column in _TIMESTAMP_COLUMNS:
-            if column in row:
-                row[column] = _iso(row[column])
-        if row["face_detected"] is not None:
-            row["face_detected"] = bool(row["face_detected"])
-        if row["face_box"] is not None:
-            row["face_box"] = json.loads(row["face_box"])
-        return row
+        return None if row is None else _record_row(row)
+
+    def list_records(self, vendor_id: str, *, project_id: str | None = None, status: str | None = None,
+                     cursor: str | None = None, limit: int = 50) -> Page:
+        """The vendor's records, newest first, optionally of one project and status (keyset pages).
+
+        ``cursor`` is a previous page's ``next_cursor``; ValueError when it is not one.
+        """
+        sql, params = "SELECT * FROM data_records WHERE vendor_id = ?", [vendor_id]
+        if project_id is not None:
+            sql, params = sql + " AND project_id = ?", [*params, project_id]
+        if status is not None:
+            sql, params = sql + " AND processing_status = ?", [*params, status]
+        if cursor:
+            clause, values = after_clause(cursor, "id")
+            if not isinstance(values[-1], int):
+                raise ValueError("is not a cursor from a previous page (pass nextCursor back unchanged)")
+            sql, params = sql + clause, [*params, *values]
+        rows = self._fetch_all(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        token = next_cursor(rows[-1]["created_at"], int(rows[-1]["id"])) if more and rows else None
+        return Page([_record_row(row) for row in rows], token)
+
+    def cancel_record(self, vendor_id: str, record_id: str, job_id: str) -> bool:
+        """Mark the record canceled while it still belongs to ``job_id`` and is not finished."""
+        return self._write("UPDATE data_records SET processing_status = 'canceled', error_code = 'CANCELED',"
+                           " error_message = 'canceled by the vendor', updated_at = ?"
+                           " WHERE vendor_id = ? AND record_id = ? AND current_job_id = ?"
+                           " AND processing_status IN ('queued', 'processing')",
+                           (_now(), vendor_id, record_id, job_id)) > 0
+
+    def cancel_batch_records(self, vendor_id: str, batch_id: str) -> int:
+        """Mark every unfinished record a batch still owns canceled (one UPDATE); returns how many."""
+        return self._write("UPDATE data_records SET processing_status = 'canceled', error_code = 'CANCELED',"
+                           " error_message = 'the batch was canceled before this image ran', updated_at = ?"
+                           " WHERE vendor_id = ? AND current_job_id = ?"
+                           " AND processing_status IN ('queued', 'processing')",
+                           (_now(), vendor_id, batch_id))
+
 
     def update_record(self, vendor_id: str, record_id: str, fields: dict[str, Any], *,
                       job_id: str | None = None, chunk_fields: int = 10) -> bool:
@@ -122,3 +153,17 @@ class Records(Engine):
             start += len(chunk)
             if start >= len(items):
                 return True
+
+
+def _record_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A data_records row as callers read it (timestamps ISO-8601, face_box decoded)."""
+    for column in _TIMESTAMP_COLUMNS:
+        if column in row:
+            row[column] = _iso(row[column])
+    if row["face_detected"] is not None:
+        row["face_detected"] = bool(row["face_detected"])
+    if row["face_box"] is not None:
+        row["face_box"] = json.loads(row["face_box"])
+    if row.get("report_json") is not None:
+        row["report_json"] = json.loads(row["report_json"])
+    return row

@@ -9,7 +9,8 @@ from typing import Any
 
 from core.db.engine import _INTEGRITY, Engine, _now, log
 
-SCHEMA_VERSION = 3  # 2: vendors.webhook_secret, batches.callback_url; 3: data_records.job_payload
+SCHEMA_VERSION = 4  # 2: vendors.webhook_secret, batches.callback_url; 3: data_records.job_payload;
+# 4: batches.canceled, batches.operation
 
 # Logical schema; {autoinc}, {ts} and {bool} are filled in by the dialect.
 _TABLES: list[tuple[str, list[str], list[tuple[str, str]]]] = [
@@ -65,6 +66,11 @@ _ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("batches", "callback_url", "TEXT NULL"),  # the batch's completion webhook (README "Clients")
     # The queued job's payload (JSON), so `reconcile` can queue it again when Redis lost it.
     ("data_records", "job_payload", "TEXT NULL"),
+    ("batches", "canceled", "INT NOT NULL DEFAULT 0"),  # items canceled by POST /api/batch/<id>/cancel
+    # What the batch does to each image (contracts.BATCH_OPERATIONS); rows from before it crop faces.
+    ("batches", "operation", "VARCHAR(16) NOT NULL DEFAULT 'cropFace'"),
+    # An ID photo's compliance report (JSON; jobs/imaging/report.py), decoded by Records.get_record.
+    ("data_records", "report_json", "TEXT NULL"),
 ]
 
 

@@ -6,7 +6,9 @@ finds those items no longer pending; it must still bring their records to the sa
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -77,3 +79,85 @@ def test_a_rerun_mirrors_the_records_an_earlier_run_left_queued(db: Database, re
     final = db.get_batch(batch_id)
     assert final is not None and final["status"] != BATCH_COMPLETED  # one image failed
     assert db.unmirrored_outcomes(batch_id, "acme", 0, 2) == []
+
+
+class _CancelingMasks:
+    """A rembg stand-in: a half-white mask per call; the ``cancel_on``-th call cancels the batch meanwhile."""
+
+    def __init__(self, db: Database, batch_id: str, cancel_on: int) -> None:
+        self.db, self.batch_id, self.cancel_on, self.calls = db, batch_id, cancel_on, 0
+
+    def remove(self, image: bytes, call: Any, *, content_type: str = "", filename: str = "") -> Any:
+        from PIL import Image
+
+        from jobs.rembg_pool import RembgResult
+
+        self.calls += 1
+        if self.calls == self.cancel_on:
+            self.db.cancel_batch(self.batch_id)
+        mask = Image.new("L", (320, 320), 0)
+        mask.paste(255, (0, 0, 160, 320))
+        out = io.BytesIO()
+        mask.save(out, "PNG")
+        return RembgResult(out.getvalue(), "stub")
+
+
+def _photo(path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path, "JPEG")
+
+
+def _remove_bg_batch(db: Database, redis_conn: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                     batch_id: str, masks_cancel_on: int) -> tuple[LocalStorage, _CancelingMasks]:
+    """A ZIP batch of 4 removeBg images, a chunk job over all of them, rembg stubbed."""
+    from jobs import rembg_pool
+
+    db.create_batch(batch_id, "acme", "p", source="zip", priority=5, mode="square", options={},
+                    status=BATCH_PROCESSING, operation=contracts.OPERATION_REMOVE_BG)
+    sources = []
+    for i in range(4):
+        sources.append(tmp_path / f"{i}.jpg")
+        _photo(sources[-1])
+    db.add_batch_items(batch_id, [{"seq": i, "entry_name": f"dir/p{i}.jpg", "source": str(sources[i]),
+                                   "status": ITEM_PENDING} for i in range(4)])
+    storage = LocalStorage(tmp_path / "files", "http://files")
+    ctx = Context(Settings(upload_dir=str(tmp_path / "uploads")), db, storage)
+    masks = _CancelingMasks(db, batch_id, cancel_on=masks_cancel_on)
+    job = Job.create(contracts.JOB_PROCESS_CHUNK, args=(batch_id, 0, 3), connection=redis_conn)
+    monkeypatch.setattr(batch, "context", lambda: ctx)
+    monkeypatch.setattr(batch, "get_current_job", lambda: job)
+    monkeypatch.setattr(rembg_pool.RembgPool, "from_settings", classmethod(lambda cls, settings, redis: masks))
+    return storage, masks
+
+
+def test_a_remove_bg_chunk_stores_cut_outs(db: Database, redis_conn: redis.Redis, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    batch_id = f"b-bg-{db.dialect.name}"
+    storage, masks = _remove_bg_batch(db, redis_conn, tmp_path, monkeypatch, batch_id, masks_cancel_on=0)
+    assert batch.process_chunk(batch_id, 0, 3) == {"processed": 4, "failed": 0, "retry": 0}
+    final = db.get_batch(batch_id)
+    assert final is not None and (final["status"], final["processed"], final["canceled"]) == ("completed", 4, 0)
+    items = db.batch_items(batch_id)
+    assert items[0]["output_url"].endswith("/0000000.png") and items[0]["face_detected"] is None
+    with Image.open(storage._path(f"acme/batches/{batch_id}/0000000.png")) as cut:
+        assert cut.mode == "RGBA" and cut.getpixel((50, 10))[3] == 0 and cut.getpixel((5, 10))[3] == 255
+    assert masks.calls == 4
+
+
+def test_a_chunk_stops_when_its_batch_is_canceled(db: Database, redis_conn: redis.Redis, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel lands during image 1: the chunk stops, records nothing, and removes what it stored."""
+    batch_id = f"b-cancel-{db.dialect.name}"
+    _storage, masks = _remove_bg_batch(db, redis_conn, tmp_path, monkeypatch, batch_id, masks_cancel_on=2)
+
+    assert batch.process_chunk(batch_id, 0, 3) == {"processed": 0, "failed": 0, "retry": 0}
+
+    final = db.get_batch(batch_id)
+    assert final is not None
+    assert (final["status"], final["processed"], final["canceled"]) == ("canceled", 0, 4)
+    assert [item["status"] for item in db.batch_items(batch_id)] == ["canceled"] * 4
+    assert [p for p in (tmp_path / "files").rglob("*") if p.is_file()] == []  # stored outputs removed again
+    assert masks.calls == 2  # images 2 and 3 never went to rembg

@@ -214,7 +214,8 @@ def probe_ids(stack: Stack, a: Tenant, b: Tenant, probes: Probes, full: bool) ->
     routes = [("job", "/api/image-queue/job/{}", a.job_ids), ("record", "/api/image-queue/record/{}", a.record_ids),
               ("batch status", "/api/batch/status/{}", a.batch_ids),
               ("batch results", "/api/batch/{}/results", a.batch_ids),
-              ("batch results csv", "/api/batch/{}/results?format=csv", a.batch_ids)]
+              ("batch results csv", "/api/batch/{}/results?format=csv", a.batch_ids),
+              ("batch results zip", "/api/batch/{}/results.zip", a.batch_ids)]
     auths = [b.auth, {"Authorization": f"Bearer {b.key}"}]
     for route, template, ids in routes:
         for ident in ids:
@@ -224,8 +225,15 @@ def probe_ids(stack: Stack, a: Tenant, b: Tenant, probes: Probes, full: bool) ->
                         path = template.format(spelling) + query
                         fake_path = template.format(spelling.replace(ident, _fake(ident))) + query
                         _probe(stack, a, probes, route, "GET", path, headers, expected=404, compare=fake_path)
+            if route == "batch status":  # cancel: another vendor's batch is not found
+                _probe(stack, a, probes, "cancel another vendor's batch (404)", "POST",
+                       f"/api/batch/{ident}/cancel", b.auth, expected=404, compare=f"/api/batch/{_fake(ident)}/cancel")
             for method in ("DELETE", "POST", "PUT", "PATCH"):
                 path = template.format(ident).split("?")[0]
+                if route == "job" and method == "DELETE":  # cancel: another vendor's job is not found
+                    _probe(stack, a, probes, "cancel another vendor's job (404)", method, path, b.auth, expected=404,
+                           compare=template.format(_fake(ident)))
+                    continue
                 _probe(stack, a, probes, "id routes, other methods (405)", method, path, b.auth, expected=405,
                        compare=template.format(_fake(ident)).split("?")[0])
 
