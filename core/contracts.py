@@ -43,6 +43,7 @@ DEFAULT_WORKERS = {
 # --- job functions (dotted paths; resolved only inside `rq worker`) -------------------------
 JOB_CROP_FACE = "jobs.tasks.crop_face"
 JOB_REMOVE_BACKGROUND = "jobs.tasks.remove_background"
+JOB_ID_PHOTO = "jobs.tasks.id_photo"
 ON_JOB_FAILURE = "jobs.tasks.on_job_failure"
 ON_JOB_SUCCESS = "jobs.tasks.on_job_success"
 JOB_INGEST_ZIP = "jobs.batch.ingest_zip"
@@ -56,7 +57,7 @@ ON_WEBHOOK_FAILURE = "jobs.webhooks.on_delivery_failure"
 # Redis hash of the delivery state of one job's or batch's webhook: kind is "job" or "batch".
 WEBHOOK_STATE_KEY = "iq:webhook:{kind}:{id}"
 WEBHOOK_EVENTS = ("job.completed", "job.failed", "batch.completed", "batch.completed_with_errors",
-                  "batch.failed")
+                  "batch.failed", "batch.canceled")
 WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_FAILED = "pending", "delivered", "failed"
 
 # Redis list of recent job durations (seconds) per queue: the workers' success callback
@@ -67,11 +68,15 @@ DURATIONS_KEPT = 200
 # --- job kinds as stored in the record row --------------------------------------------------
 KIND_FACE_CROP = "face_crop"
 KIND_REMOVE_BG = "remove_bg"
+KIND_ID_PHOTO = "id_photo"
 KIND_BATCH_FACE_CROP = "batch_face_crop"
+KIND_BATCH_REMOVE_BG = "batch_remove_bg"
+KIND_BATCH_ID_PHOTO = "batch_id_photo"
 # Single-job kinds -> (queue, job function): the API queues them, `reconcile` re-queues them.
 SINGLE_JOB_KINDS = {
     KIND_FACE_CROP: (QUEUE_FACE_CROP, JOB_CROP_FACE),
     KIND_REMOVE_BG: (QUEUE_BACKGROUND_REMOVAL, JOB_REMOVE_BACKGROUND),
+    KIND_ID_PHOTO: (QUEUE_IMAGE_PROCESSING, JOB_ID_PHOTO),
 }
 
 # --- record statuses ------------------------------------------------------------------------
@@ -79,12 +84,33 @@ STATUS_QUEUED = "queued"
 STATUS_PROCESSING = "processing"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
+STATUS_CANCELED = "canceled"  # DELETE /api/image-queue/job/<id> or POST /api/batch/<id>/cancel
+RECORD_STATUSES = (STATUS_QUEUED, STATUS_PROCESSING, STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELED)
+
+# --- batch operations (POST /api/batch/upload-zip and add-images: ``operation``) -------------
+# docs/batches.md "Operations"; idPhoto's options carry its spec (core/id_photos.py).
+OPERATION_CROP_FACE = "cropFace"
+OPERATION_REMOVE_BG = "removeBg"
+OPERATION_ID_PHOTO = "idPhoto"
+BATCH_OPERATIONS = (OPERATION_CROP_FACE, OPERATION_REMOVE_BG, OPERATION_ID_PHOTO)
+# The list routes' page size: ?limit= up to this many (default LIST_DEFAULT_LIMIT).
+LIST_DEFAULT_LIMIT = 50
+LIST_MAX_LIMIT = 200
 
 # --- face crop ------------------------------------------------------------------------------
 CROP_MODES = ("square", "passport", "idcard")
 OUTPUT_FORMATS = ("jpeg", "png", "webp")
 NO_FACE_POLICIES = ("fail", "center")
 MAX_OUTPUT_SIDE = 4096
+# Background removal's cut-out formats (options.format): png (lossless), webp (lossless, or
+# lossy colour with a lossless alpha when options.quality is given). bgColor gives a JPEG.
+BG_FORMATS = ("png", "webp")
+# Face detectors (jobs/imaging/detectors; docs/faces.md): a request's options.detector, else
+# the workers' FACE_DETECTOR setting, picks one.
+FACE_DETECTORS = ("yunet", "haar")
+# The five landmarks a detector that has them reports per face, in this order (the subject's
+# right eye is on the viewer's left).
+LANDMARK_NAMES = ("rightEye", "leftEye", "noseTip", "rightMouth", "leftMouth")
 
 # --- background removal ---------------------------------------------------------------------
 # Redis keys the workers' rembg pool (jobs/rembg_pool.py) writes and the health route reads.
@@ -109,6 +135,30 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
+# Phone formats accepted from a vendor's photo (sent as a file, or fetched by URL): the workers
+# turn them into PNG before any other step (jobs/phone_photos.py). ISO-BMFF "ftyp" brands.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
+# A photo sent as a file is kept under UPLOAD_DIR/photos/<name> until its job ends; the job's
+# photoUrl is then "upload:<name>" (jobs/fetch.py reads it from there).
+UPLOAD_SCHEME = "upload:"
+UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.(jpg|png|webp|heic|avif)$")
+MAX_WAIT_S = 30  # the single routes' optional ``wait``
+
+
+def sniff_photo_type(data: bytes) -> str | None:
+    """sniff_image_type, plus HEIC/HEIF and AVIF (image/heic, image/avif) by their ftyp brand."""
+    known = sniff_image_type(data)
+    if known is not None or len(data) < 12 or data[4:8] != b"ftyp":
+        return known
+    brand = data[8:12]
+    if brand in AVIF_BRANDS:
+        return "image/avif"
+    if brand in HEIF_BRANDS:
+        return "image/heic"
+    return None
+
+
 class InvalidField(ValueError):
     """A request field is missing or wrong; ``field`` names it (dotted for nested ones)."""
 
@@ -128,6 +178,7 @@ class CropOptions:
     format: str = "jpeg"
     quality: int = 92
     no_face: str = "fail"
+    detector: str | None = None  # one of FACE_DETECTORS; None: the workers' FACE_DETECTOR
 
     def to_dict(self) -> dict[str, Any]:
         """The camelCase form stored in job data and echoed in job status."""
@@ -138,7 +189,29 @@ class CropOptions:
             "format": self.format,
             "quality": self.quality,
             "noFace": self.no_face,
+            "detector": self.detector,
         }
+
+
+@dataclass(frozen=True)
+class FoundFace:
+    """One face a crop job found, as its result reports it (``faces``), in photo pixels after EXIF
+    rotation: ``box`` {x, y, width, height}; ``score`` 0-1 (None: the detector gives none, Haar);
+    ``landmarks`` {name: {x, y}} for LANDMARK_NAMES (None: the detector finds none, Haar)."""
+
+    box: dict[str, int]
+    score: float | None = None
+    landmarks: dict[str, dict[str, int]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The camelCase form of the job result."""
+        return {"box": dict(self.box), "score": self.score,
+                "landmarks": None if self.landmarks is None else {k: dict(v) for k, v in self.landmarks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FoundFace:
+        """Inverse of ``to_dict``."""
+        return cls(box=dict(data["box"]), score=data.get("score"), landmarks=data.get("landmarks"))
 
 
 def validate_id(value: Any, field: str) -> str:
@@ -209,6 +282,22 @@ def validate_priority(value: Any, field: str = "priority") -> int:
     return value
 
 
+def validate_operation(value: Any, field: str = "operation") -> str:
+    """Batch operation: cropFace (the default), removeBg or idPhoto."""
+    if value is None or value == "":
+        return OPERATION_CROP_FACE
+    if not isinstance(value, str) or value not in BATCH_OPERATIONS:
+        raise InvalidField(field, f"must be one of {', '.join(BATCH_OPERATIONS)}")
+    return value
+
+
+def batch_kind(operation: str) -> str:
+    """The record-row job kind of a batch operation's images."""
+    if operation == OPERATION_ID_PHOTO:
+        return KIND_BATCH_ID_PHOTO
+    return KIND_BATCH_REMOVE_BG if operation == OPERATION_REMOVE_BG else KIND_BATCH_FACE_CROP
+
+
 def validate_mode(value: Any, field: str = "mode") -> str:
     """Face-crop mode: square, passport or idcard."""
     if not isinstance(value, str) or value not in CROP_MODES:
@@ -235,10 +324,14 @@ def validate_crop_options(mode: str, options: Any) -> CropOptions:
         options = {}
     if not isinstance(options, dict):
         raise InvalidField("options", "must be an object")
-    known = {"padding", "outputWidth", "outputHeight", "format", "quality", "noFace"}
+    known = {"padding", "outputWidth", "outputHeight", "format", "quality", "noFace", "detector"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidField(f"options.{unknown[0]}", f"is not a known option ({', '.join(sorted(known))})")
+    detector = options.get("detector")
+    if detector is not None and detector not in FACE_DETECTORS:
+        raise InvalidField("options.detector", f"must be one of {', '.join(FACE_DETECTORS)} (or left out: the "
+                                               "service's default, setting FACE_DETECTOR)")
     fmt = options.get("format", "jpeg")
     if fmt == "jpg":
         fmt = "jpeg"
@@ -257,6 +350,7 @@ def validate_crop_options(mode: str, options: Any) -> CropOptions:
         format=fmt,
         quality=92 if quality is None else quality,
         no_face=no_face,
+        detector=detector,
     )
 
 
@@ -269,6 +363,7 @@ def crop_options_from_dict(data: dict[str, Any]) -> CropOptions:
         format=data.get("format", "jpeg"),
         quality=data.get("quality", 92),
         no_face=data.get("noFace", "fail"),
+        detector=data.get("detector"),
     )
 
 
@@ -280,15 +375,26 @@ class RemoveBgOptions:
     bg_color: tuple[int, int, int] | None = None  # flatten onto this RGB colour (JPEG output)
     only_mask: bool = False  # store the greyscale mask instead of the cut-out
     alpha_matting: bool = False  # rembg's alpha matting: finer edges (hair), slower
+    format: str = "png"  # the cut-out's format (BG_FORMATS); bgColor always gives a JPEG
+    max_side: int | None = None  # shrink the output so its longer side is at most this (px)
+    quality: int | None = None  # JPEG (bgColor) or lossy WebP quality; None: JPEG 92, WebP lossless
 
     def to_dict(self) -> dict[str, Any]:
-        """The camelCase form stored in job data and echoed in job status."""
-        return {
+        """The camelCase form stored in job data and echoed in job status (the output options
+        only when set, so payloads keep the shape they had before them)."""
+        data: dict[str, Any] = {
             "model": self.model,
             "bgColor": None if self.bg_color is None else "#{:02x}{:02x}{:02x}".format(*self.bg_color),
             "onlyMask": self.only_mask,
             "alphaMatting": self.alpha_matting,
         }
+        if self.format != "png":
+            data["format"] = self.format
+        if self.max_side is not None:
+            data["maxSide"] = self.max_side
+        if self.quality is not None:
+            data["quality"] = self.quality
+        return data
 
 
 def _colour(value: Any, field: str) -> tuple[int, int, int] | None:
@@ -326,7 +432,7 @@ def validate_remove_bg_options(options: Any, models: tuple[str, ...]) -> RemoveB
         options = {}
     if not isinstance(options, dict):
         raise InvalidField("options", "must be an object")
-    known = {"model", "bgColor", "onlyMask", "alphaMatting"}
+    known = {"model", "bgColor", "onlyMask", "alphaMatting", "format", "maxSide", "quality"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidField(f"options.{unknown[0]}", f"is not a known option ({', '.join(sorted(known))})")
@@ -340,8 +446,22 @@ def validate_remove_bg_options(options: Any, models: tuple[str, ...]) -> RemoveB
     only_mask = _flag(options, "onlyMask")
     if only_mask and bg_color is not None:
         raise InvalidField("options.bgColor", "cannot be combined with onlyMask (a mask has no background)")
+    fmt = options.get("format")
+    if fmt is None:
+        fmt = "png"
+    if fmt not in BG_FORMATS:
+        raise InvalidField("options.format", f"must be one of {', '.join(BG_FORMATS)}")
+    if fmt != "png" and (only_mask or bg_color is not None):
+        raise InvalidField("options.format", "only png is allowed with onlyMask (a greyscale PNG) "
+                                             "or bgColor (a JPEG)")
+    quality = _number(options, "quality", 1, 100, integer=True)
+    if quality is not None and fmt == "png" and bg_color is None:
+        raise InvalidField("options.quality", "applies to bgColor (JPEG) or format webp (lossy) only; "
+                                              "PNG is lossless")
     return RemoveBgOptions(model=model, bg_color=bg_color, only_mask=only_mask,
-                           alpha_matting=_flag(options, "alphaMatting"))
+                           alpha_matting=_flag(options, "alphaMatting"), format=fmt,
+                           max_side=_number(options, "maxSide", 16, MAX_OUTPUT_SIDE, integer=True),
+                           quality=quality)
 
 
 def remove_bg_options_from_dict(data: dict[str, Any]) -> RemoveBgOptions:
@@ -351,4 +471,7 @@ def remove_bg_options_from_dict(data: dict[str, Any]) -> RemoveBgOptions:
         bg_color=_colour(data.get("bgColor"), "options.bgColor"),
         only_mask=bool(data.get("onlyMask")),
         alpha_matting=bool(data.get("alphaMatting")),
+        format=data.get("format") or "png",
+        max_side=data.get("maxSide"),
+        quality=data.get("quality"),
     )

@@ -25,8 +25,8 @@ from .errors import ApiError, TransportError, WaitTimeout, error_from_response
 from .multipart import MultipartFile
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINAL_JOB_STATES = ("completed", "failed")
-FINAL_BATCH_STATUSES = ("completed", "completed_with_errors", "failed")
+FINAL_JOB_STATES = ("completed", "failed", "canceled")
+FINAL_BATCH_STATUSES = ("completed", "completed_with_errors", "failed", "canceled")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_BACKOFF_S = 10.0
 
@@ -124,13 +124,35 @@ class Client:
         return {name: value for name, value in fields.items() if value is not None}
 
     # --- single and bulk jobs (/api/image-queue) ---------------------------------------------
-    def crop_face(self, record_id: str, project_id: str, photo_url: str, mode: str = "square", *,
+    def _single(self, path: str, fields: dict[str, Any], file: str | os.PathLike[str] | None,
+                wait: float | None, idempotency_key: str | None) -> dict[str, Any]:
+        """POST a single job: JSON with photoUrl, or a multipart form with the photo file itself."""
+        if wait is not None:
+            fields["wait"] = wait
+        if file is None:
+            return self._json("POST", path, idempotency_key=idempotency_key, json_body=self._body(fields))
+        fields.pop("photoUrl", None)
+        form = {name: json.dumps(value) if isinstance(value, Mapping) else str(value)
+                for name, value in self._body(fields).items()}
+
+        def body() -> MultipartFile:
+            return MultipartFile(form, "file", file, content_type="application/octet-stream")
+
+        return self._json("POST", path, body=body, idempotency_key=idempotency_key)
+
+    def crop_face(self, record_id: str, project_id: str, photo_url: str | None = None, mode: str = "square", *,
                   options: Mapping[str, Any] | None = None, callback_url: str | None = None,
-                  idempotency_key: str | None = None) -> dict[str, Any]:
-        """Queue one face crop (mode square, passport or idcard); returns {jobId, statusUrl, ...}."""
-        return self._json("POST", "/api/image-queue/crop-face-queue", idempotency_key=idempotency_key,
-                          json_body=self._body({"recordId": record_id, "projectId": project_id, "photoUrl": photo_url,
-                                                "mode": mode, "options": options, "callbackUrl": callback_url}))
+                  idempotency_key: str | None = None, file: str | os.PathLike[str] | None = None,
+                  wait: float | None = None) -> dict[str, Any]:
+        """Queue one face crop (mode square, passport or idcard); returns {jobId, statusUrl, ...}.
+
+        ``file``: send the photo itself (JPEG, PNG, WebP, HEIC, AVIF) instead of ``photo_url``.
+        ``wait`` (seconds, at most 30): the answer is the finished job (``state``, ``result``)
+        when it completes in time, else the usual {jobId, ...}.
+        """
+        return self._single("/api/image-queue/crop-face-queue",
+                            {"recordId": record_id, "projectId": project_id, "photoUrl": photo_url, "mode": mode,
+                             "options": options, "callbackUrl": callback_url}, file, wait, idempotency_key)
 
     def bulk_crop_face(self, record_ids: list[str], project_id: str, photo_urls: list[str], mode: str = "square", *,
                        options: Mapping[str, Any] | None = None, callback_url: str | None = None,
@@ -141,13 +163,14 @@ class Client:
                                                 "photoUrls": photo_urls, "mode": mode, "options": options,
                                                 "callbackUrl": callback_url}))
 
-    def remove_background(self, record_id: str, project_id: str, photo_url: str, *,
+    def remove_background(self, record_id: str, project_id: str, photo_url: str | None = None, *,
                           options: Mapping[str, Any] | None = None, callback_url: str | None = None,
-                          idempotency_key: str | None = None) -> dict[str, Any]:
-        """Queue one background removal; returns {jobId, statusUrl, ...}."""
-        return self._json("POST", "/api/image-queue/remove-bg-queue", idempotency_key=idempotency_key,
-                          json_body=self._body({"recordId": record_id, "projectId": project_id, "photoUrl": photo_url,
-                                                "options": options, "callbackUrl": callback_url}))
+                          idempotency_key: str | None = None, file: str | os.PathLike[str] | None = None,
+                          wait: float | None = None) -> dict[str, Any]:
+        """Queue one background removal; returns {jobId, statusUrl, ...} (``file``, ``wait``: as crop_face)."""
+        return self._single("/api/image-queue/remove-bg-queue",
+                            {"recordId": record_id, "projectId": project_id, "photoUrl": photo_url,
+                             "options": options, "callbackUrl": callback_url}, file, wait, idempotency_key)
 
     def bulk_remove_background(self, record_ids: list[str], project_id: str, photo_urls: list[str], *,
                                options: Mapping[str, Any] | None = None, callback_url: str | None = None,
@@ -156,6 +179,28 @@ class Client:
         return self._json("POST", "/api/image-queue/bulk-remove-bg", idempotency_key=idempotency_key,
                           json_body=self._body({"recordIds": record_ids, "projectId": project_id,
                                                 "photoUrls": photo_urls, "options": options,
+                                                "callbackUrl": callback_url}))
+
+    def id_photo(self, record_id: str, project_id: str, photo_url: str | None = None,
+                 spec: str | Mapping[str, Any] = "icao", *, options: Mapping[str, Any] | None = None,
+                 callback_url: str | None = None, idempotency_key: str | None = None,
+                 file: str | os.PathLike[str] | None = None, wait: float | None = None) -> dict[str, Any]:
+        """Queue one ID photo (spec icao, us, schengen, idcard or a custom dict); returns {jobId, statusUrl, ...}.
+
+        ``options``: background ('white' or a light grey), dpi, format (jpeg/png), maxBytes.
+        ``file``, ``wait``: as crop_face. The finished job's result carries ``compliant`` and ``report``.
+        """
+        return self._single("/api/image-queue/id-photo-queue",
+                            {"recordId": record_id, "projectId": project_id, "photoUrl": photo_url, "spec": spec,
+                             "options": options, "callbackUrl": callback_url}, file, wait, idempotency_key)
+
+    def bulk_id_photo(self, record_ids: list[str], project_id: str, photo_urls: list[str],
+                      spec: str | Mapping[str, Any] = "icao", *, options: Mapping[str, Any] | None = None,
+                      callback_url: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Queue ID photos for parallel lists of records and photo URLs, one spec for all; returns {jobIds, ...}."""
+        return self._json("POST", "/api/image-queue/bulk-id-photo", idempotency_key=idempotency_key,
+                          json_body=self._body({"recordIds": record_ids, "projectId": project_id,
+                                                "photoUrls": photo_urls, "spec": spec, "options": options,
                                                 "callbackUrl": callback_url}))
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -170,16 +215,46 @@ class Client:
         """waiting/active/completed/failed/delayed of the single-job queues."""
         return self._json("GET", "/api/image-queue/queue-stats")
 
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a waiting, delayed or active job (idempotent); returns {state, previousState, ...}.
+
+        A completed or failed job raises ApiError 409 ``JOB_NOT_CANCELABLE``.
+        """
+        return self._json("DELETE", f"/api/image-queue/job/{quote(job_id, safe='')}")
+
+    def list_records(self, *, project_id: str | None = None, status: str | None = None, limit: int | None = None,
+                     cursor: str | None = None) -> dict[str, Any]:
+        """One page of the vendor's records, newest first: {records, nextCursor}."""
+        return self._json("GET", "/api/image-queue/records", params=_list_params(project_id, status, limit, cursor))
+
+    def iter_records(self, *, project_id: str | None = None, status: str | None = None,
+                     page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every record matching, newest first, following the cursors page by page."""
+        return self._pages(lambda cursor: self.list_records(project_id=project_id, status=status, limit=page_size,
+                                                            cursor=cursor), "records")
+
+    def _pages(self, read: Callable[[str | None], dict[str, Any]], key: str) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            page = read(cursor)
+            yield from page[key]
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return
+
     # --- batches (/api/batch) ------------------------------------------------------------------
     def upload_zip(self, path: str | os.PathLike[str], project_id: str, *, priority: int = 5, mode: str | None = None,
                    options: Mapping[str, Any] | None = None, callback_url: str | None = None,
                    idempotency_key: str | None = None,
-                   on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                   on_progress: Callable[[int, int], None] | None = None,
+                   operation: str | None = None) -> dict[str, Any]:
         """Upload a ZIP of photos as a batch, streamed from disk; returns {batchId, imageCount, ...}.
 
+        ``operation``: cropFace (default) or removeBg; ``options`` are that operation's.
         ``on_progress(sent_bytes, total_bytes)`` is called as the upload goes.
         """
         fields = self._body({"projectId": project_id, "priority": str(priority), "mode": mode,
+                             "operation": operation,
                              "options": json.dumps(options) if options is not None else None,
                              "callbackUrl": callback_url})
 
@@ -190,12 +265,17 @@ class Client:
 
     def add_images(self, project_id: str, images: Iterable[tuple[str, str] | Mapping[str, str]], *,
                    priority: int = 5, mode: str | None = None, options: Mapping[str, Any] | None = None,
-                   callback_url: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
-        """Queue a batch of (recordId, imageUrl) pairs (or {recordId, imageUrl} dicts); returns {batchId, ...}."""
+                   callback_url: str | None = None, idempotency_key: str | None = None,
+                   operation: str | None = None) -> dict[str, Any]:
+        """Queue a batch of (recordId, imageUrl) pairs (or {recordId, imageUrl} dicts); returns {batchId, ...}.
+
+        ``operation``: cropFace (default) or removeBg; ``options`` are that operation's.
+        """
         listed = [dict(image) if isinstance(image, Mapping) else {"recordId": image[0], "imageUrl": image[1]}
                   for image in images]
         return self._json("POST", "/api/batch/add-images", idempotency_key=idempotency_key,
                           json_body=self._body({"projectId": project_id, "priority": priority, "mode": mode,
+                                                "operation": operation,
                                                 "options": options, "images": listed, "callbackUrl": callback_url}))
 
     def batch_status(self, batch_id: str) -> dict[str, Any]:
@@ -214,6 +294,46 @@ class Client:
     def batch_queue_stats(self) -> dict[str, Any]:
         """faceDetection and batchIngestion counts."""
         return self._json("GET", "/api/batch/queue-stats")["stats"]
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a batch's pending images (idempotent); returns {batch, canceledNow}.
+
+        A finished batch raises ApiError 409 ``BATCH_NOT_CANCELABLE``.
+        """
+        return self._json("POST", f"/api/batch/{quote(batch_id, safe='')}/cancel")
+
+    def list_batches(self, *, project_id: str | None = None, status: str | None = None, limit: int | None = None,
+                     cursor: str | None = None) -> dict[str, Any]:
+        """One page of the vendor's batches, newest first: {batches, nextCursor}."""
+        return self._json("GET", "/api/batch", params=_list_params(project_id, status, limit, cursor))
+
+    def iter_batches(self, *, project_id: str | None = None, status: str | None = None,
+                     page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every batch matching, newest first, following the cursors page by page."""
+        return self._pages(lambda cursor: self.list_batches(project_id=project_id, status=status, limit=page_size,
+                                                            cursor=cursor), "batches")
+
+    def download_results(self, batch_id: str, path: str | os.PathLike[str], *,
+                         on_progress: Callable[[int], None] | None = None) -> Path:
+        """Save the batch's results ZIP (outputs + results.jsonl/csv + batch.json) to ``path``, streamed.
+
+        Works while the batch runs (the ZIP holds what is done so far). ``on_progress(bytes_so_far)``
+        is called after each piece; the size is not known in advance (the server builds the ZIP
+        as it sends it).
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        response = self.request("GET", f"/api/batch/{quote(batch_id, safe='')}/results.zip", stream=True)
+        done = 0
+        with response, open(partial, "wb") as out:
+            for chunk in response.iter_content(chunk_size=64 * 1024):
+                out.write(chunk)
+                done += len(chunk)
+                if on_progress is not None:
+                    on_progress(done)
+        os.replace(partial, target)
+        return target
 
     # --- waiting and downloading ----------------------------------------------------------------
     def _poll(self, what: str, read: Callable[[], dict[str, Any]], is_final: Callable[[dict[str, Any]], bool],
@@ -264,3 +384,10 @@ class Client:
                 out.write(chunk)
         os.replace(partial, target)
         return target
+
+
+def _list_params(project_id: str | None, status: str | None, limit: int | None,
+                 cursor: str | None) -> dict[str, str]:
+    values = {"projectId": project_id, "status": status, "limit": None if limit is None else str(limit),
+              "cursor": cursor}
+    return {name: value for name, value in values.items() if value}

@@ -20,7 +20,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from core import contracts, metrics, webhook_events
-from core.errors import RECORD_SUPERSEDED, JobError, PermanentJobError
+from core.errors import CANCELED, RECORD_SUPERSEDED, JobError, PermanentJobError
 from core.logs import with_job_context
 from core.payloads import ImageJobPayload
 from jobs.context import Context, context
@@ -51,6 +51,8 @@ def _begin(job: Job, ctx: Context, payload: ImageJobPayload,
         raise PermanentJobError(
             f"record {record_id!r} is now owned by a newer job ({record and record.get('current_job_id')}); "
             "this job's result would be stale", code=RECORD_SUPERSEDED)
+    if record.get("processing_status") == contracts.STATUS_CANCELED:  # canceled as a worker took it
+        raise PermanentJobError(f"record {record_id!r}: job {job.id} was canceled", code=CANCELED)
     if record.get("processing_status") == contracts.STATUS_COMPLETED and record.get("output_url"):
         log.info("job=%s vendor=%s record=%s already completed; returning the stored result",
                  job.id, vendor_id, record_id)
@@ -92,6 +94,11 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     vendor_id, project_id, record_id = image_job.vendor_id, image_job.project_id, image_job.record_id
     stored = _begin(job, ctx, image_job)
     if stored is not None:
+        # The record row has no faces, rollDegrees or detector: a re-run returns the first
+        # run's whole result while RQ still holds it (JOB_RESULT_TTL_S), else the stored fields.
+        previous = job.return_value()
+        if isinstance(previous, dict) and previous.get("photoUrl") == stored.get("photoUrl"):
+            return previous
         return stored
     log.info("job=%s vendor=%s record=%s crop %s from %s", job.id, vendor_id, record_id,
              image_job.mode, image_job.photo_url)
@@ -99,7 +106,7 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     _progress(job, 30)
     options = contracts.crop_options_from_dict(image_job.options)
     result = face_crop.process(fetched.data, str(image_job.mode), options,
-                               max_pixels=ctx.settings.max_image_pixels)
+                               max_pixels=ctx.settings.max_image_pixels, detector=ctx.settings.face_detector)
     _progress(job, 70)
     key = safe_key(vendor_id, project_id, record_id, f"face-crop-{job.id}.{result.extension}")
     url = ctx.storage.put(key, result.data, result.content_type)
@@ -127,7 +134,7 @@ def _stored_bg_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[
         "success": True,
         "recordId": payload.record_id,
         "photoUrl": url,
-        "format": "jpeg" if url.endswith(".jpg") else "png",
+        "format": {"jpg": "jpeg", "webp": "webp"}.get(url.rsplit(".", 1)[-1], "png"),
         "width": record.get("output_width"),
         "height": record.get("output_height"),
         "options": payload.options,
@@ -135,10 +142,11 @@ def _stored_bg_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[
 
 
 def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
-    """Fetch the photo, remove its background on a rembg server, store it, update the record."""
+    """Fetch the photo, remove its background (mask from a rembg server), store it, update the record."""
+    # RQ passes the job's kwargs (core/enqueue.py: ``payload``) by name.
     from jobs.fetch import fetch_image
     from jobs.imaging import background
-    from jobs.rembg_pool import RembgCall, RembgPool
+    from jobs.rembg_pool import RembgPool
 
     job = get_current_job()
     assert job is not None, "remove_background runs inside an rq worker"
@@ -153,14 +161,12 @@ def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
              options.model, image_job.photo_url)
     fetched = fetch_image(image_job.photo_url, ctx.settings)
     _progress(job, 25)
-    prepared = background.prepare(fetched.data, max_pixels=ctx.settings.max_image_pixels)
-    _progress(job, 30)
-    pool = RembgPool.from_settings(ctx.settings, job.connection)
-    removed = pool.remove(prepared.data, RembgCall(options.model, options.alpha_matting, options.only_mask),
-                          content_type=prepared.content_type, filename=prepared.filename)
+    # rembg computes the mask; the worker composites and encodes the cut-out (jobs/imaging/background.py).
+    output, removed = background.remove_background(
+        fetched.data, options, RembgPool.from_settings(ctx.settings, job.connection),
+        max_pixels=ctx.settings.max_image_pixels, png_level=ctx.settings.bg_png_compress_level)
     job.meta["rembg_instance"] = removed.instance  # operators' view (rq-dashboard), not the vendor's
     _progress(job, 80)
-    output = background.finish(removed.png, options)
     key = safe_key(vendor_id, project_id, record_id, f"remove-bg-{job.id}.{output.extension}")
     url = ctx.storage.put(key, output.data, output.content_type)
     _progress(job, 90)
@@ -179,6 +185,67 @@ def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
             "width": output.width, "height": output.height, "options": options.to_dict()}
 
 
+def _stored_id_photo_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str, Any]:
+    report = record.get("report_json")  # decoded by Records.get_record
+    return {
+        "success": True,
+        "recordId": payload.record_id,
+        "photoUrl": record["output_url"],
+        "width": record.get("output_width"),
+        "height": record.get("output_height"),
+        "faceBox": record.get("face_box"),
+        "compliant": bool(report and report.get("compliant")),
+        "report": report,
+    }
+
+
+def id_photo(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fetch the portrait, make the spec's ID photo on a plain background (mask from rembg), store it
+    and its compliance report, update the record."""
+    from core.id_photos import from_job_options
+    from jobs.fetch import fetch_image
+    from jobs.imaging import id_photo as maker
+    from jobs.rembg_pool import RembgPool
+
+    job = get_current_job()
+    assert job is not None, "id_photo runs inside an rq worker"
+    ctx = context()
+    image_job = ImageJobPayload.from_dict(payload)
+    vendor_id, project_id, record_id = image_job.vendor_id, image_job.project_id, image_job.record_id
+    stored = _begin(job, ctx, image_job, _stored_id_photo_result)
+    if stored is not None:
+        return stored
+    spec, options = from_job_options(image_job.options)
+    log.info("job=%s vendor=%s record=%s id photo (%s) from %s", job.id, vendor_id, record_id, spec.name,
+             image_job.photo_url)
+    fetched = fetch_image(image_job.photo_url, ctx.settings)
+    _progress(job, 25)
+    result = maker.process(fetched.data, spec, options, RembgPool.from_settings(ctx.settings, job.connection),
+                           max_pixels=ctx.settings.max_image_pixels, model=ctx.settings.rembg_models[0])
+    job.meta["rembg_instance"] = result.rembg_instance
+    _progress(job, 80)
+    key = safe_key(vendor_id, project_id, record_id, f"id-photo-{job.id}.{result.extension}")
+    url = ctx.storage.put(key, result.data, result.content_type)
+    _progress(job, 90)
+    details = result.to_result()
+    ctx.db.update_record(vendor_id, record_id, {
+        "processing_status": contracts.STATUS_COMPLETED,
+        "output_url": url,
+        "face_detected": True,
+        "face_count": 1,
+        "face_box": details["faceBox"],
+        "output_width": result.width,
+        "output_height": result.height,
+        "report_json": details["report"],
+        "error_code": None,
+        "error_message": None,
+        "completed_at": _now(),
+    }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    log.info("job=%s vendor=%s record=%s completed (compliant=%s): %s", job.id, vendor_id, record_id,
+             details["compliant"], url)
+    return {"success": True, "recordId": record_id, "photoUrl": url, "format": options.format, **details}
+
+
 @with_job_context
 def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | None,
                    exc_value: BaseException | None, tb: TracebackType | None) -> None:
@@ -191,7 +258,8 @@ def on_job_failure(job: Job, connection: Redis, exc_type: type[BaseException] | 
     metrics.job_failed(connection, job, code, final=final)
     if final:
         _notify(job, connection, "job.failed", error={"code": code, "message": message})
-    if not vendor_id or not record_id or code == RECORD_SUPERSEDED:
+        _discard_upload(payload)
+    if not vendor_id or not record_id or code in (RECORD_SUPERSEDED, CANCELED):
         return
     fields: dict[str, Any] = {"error_code": code, "error_message": message[:2000]}
     fields["processing_status"] = contracts.STATUS_FAILED if final else contracts.STATUS_QUEUED
@@ -208,6 +276,7 @@ def on_job_success(job: Job, connection: Redis, result: Any) -> None:
     """RQ success callback: count the job (/metrics); remember the duration for wait-time estimates."""
     metrics.job_succeeded(connection, job)
     _notify(job, connection, "job.completed", result=result)
+    _discard_upload((job.kwargs or {}).get("payload") or {})
     if job.started_at is None:
         return
     started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
@@ -217,6 +286,16 @@ def on_job_success(job: Job, connection: Redis, result: Any) -> None:
     pipe.lpush(key, f"{seconds:.3f}")
     pipe.ltrim(key, 0, contracts.DURATIONS_KEPT - 1)
     pipe.execute()
+
+
+def _discard_upload(payload: dict[str, Any]) -> None:
+    """A photo sent as a file (photoUrl ``upload:<name>``) is removed once its job is over."""
+    from jobs.phone_photos import discard_upload
+
+    try:
+        discard_upload(context().settings, payload.get("photoUrl"))
+    except OSError:
+        log.exception("could not remove the uploaded photo %s", payload.get("photoUrl"))
 
 
 def _notify(job: Job, connection: Redis, event: str, **details: Any) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, url_for
 from redis.exceptions import RedisError
 
-from core import contracts, metrics
+from core import contracts, id_photos, metrics
 from core import enqueue as jobqueue
 from core.contracts import (
     validate_crop_options,
@@ -20,10 +22,11 @@ from core.contracts import (
 )
 from core.enqueue import JobSpec
 from core.payloads import ImageJobPayload
-from service import webhooks
+from service import direct_upload, webhooks
 from service.auth import check_body_vendor, current_vendor, require_vendor
-from service.errors import NotFound, ServiceUnavailable, ValidationError
+from service.errors import Conflict, NotFound, ServiceUnavailable, ValidationError
 from service.extensions import backends
+from service.listing import list_args
 from service.validation import field, json_body, list_field, validated
 
 log = logging.getLogger(__name__)
@@ -39,12 +42,13 @@ STATS_QUEUES = {
 }
 
 
-def _submit(queue_name: str, func: str, kind: str, project_id: str, specs: list[JobSpec]) -> dict[str, Any]:
+def _submit(queue_name: str, func: str, kind: str, project_id: str, specs: list[JobSpec],
+            body: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the record rows, then enqueue; on a Redis failure mark the rows failed and answer 503."""
     b = backends()
     vendor_id = current_vendor()
     # Every queueing route accepts an optional callbackUrl: each job posts its own completion event.
-    callback = webhooks.callback_url(json_body(), vendor_id)
+    callback = webhooks.callback_url(json_body() if body is None else body, vendor_id)
     if callback is not None:
         for spec in specs:
             spec.payload["callbackUrl"] = callback
@@ -81,14 +85,27 @@ def _accepted(body: dict[str, Any]) -> tuple[Response, int]:
 # Job kind -> (queue, job function, words for the response message).
 _KINDS = {
     kind: (*contracts.SINGLE_JOB_KINDS[kind], words)
-    for kind, words in ((contracts.KIND_FACE_CROP, "face crop"), (contracts.KIND_REMOVE_BG, "background removal"))
+    for kind, words in ((contracts.KIND_FACE_CROP, "face crop"), (contracts.KIND_REMOVE_BG, "background removal"),
+                        (contracts.KIND_ID_PHOTO, "ID photo"))
 }
 
 
-def _queue_single(kind: str, project_id: str, spec: JobSpec) -> tuple[Response, int]:
-    """Queue one job and answer 202 with its id, status URL and estimate."""
+def _queue_single(kind: str, project_id: str, spec: JobSpec, body: dict[str, Any]) -> tuple[Response, int]:
+    """Queue one job and answer 202 with its id, status URL and estimate (200 with the finished
+    job when ``wait`` was given and it finished in time)."""
     queue, func, words = _KINDS[kind]
-    estimate = _submit(queue, func, kind, project_id, [spec])
+    wait = direct_upload.wait_seconds(body)
+    try:
+        estimate = _submit(queue, func, kind, project_id, [spec], body)
+    except Exception:
+        direct_upload.discard_stored(backends().settings, spec.payload.get("photoUrl"))
+        raise
+    # No live worker on the queue: nothing can finish it in time, answer 202 at once.
+    if wait and jobqueue.worker_count(backends().queue(queue)) > 0:
+        job = jobqueue.fetch_job(backends().redis, spec.job_id, spec.vendor_id)
+        finished = direct_upload.finished_job(job, wait) if job is not None else None
+        if finished is not None:
+            return jsonify({**finished, "jobId": spec.job_id, "recordId": spec.record_id}), 200
     return _accepted({
         "success": True,
         "jobId": spec.job_id,
@@ -113,21 +130,62 @@ def _queue_bulk(kind: str, project_id: str, specs: list[JobSpec]) -> tuple[Respo
     })
 
 
+def _photo(body: dict[str, Any], job_id: str) -> str:
+    """The job's photoUrl: the body's photoUrl, or the multipart ``file`` kept for the job."""
+    if direct_upload.is_multipart():
+        return direct_upload.store_upload(backends().settings, job_id)
+    return field(validate_photo_url, body, "photoUrl")
+
+
+def _single(route: Callable[[], tuple[Response, int]]) -> tuple[Response, int]:
+    """Run a single-job route, then delete any multipart part no job took."""
+    try:
+        return route()
+    finally:
+        if direct_upload.is_multipart():
+            direct_upload.discard_parts()
+
+
 @bp.post("/crop-face-queue")
 def crop_face_queue() -> tuple[Response, int]:
-    """Queue one face crop."""
+    """Queue one face crop (photoUrl in JSON, or the photo as multipart ``file``; optional ``wait``)."""
+    return _single(_crop_face_queue)
+
+
+@dataclass(frozen=True)
+class _SingleRequest:
+    """A single-photo request's owner and ids, read the same way by every single route."""
+
+    vendor_id: str
+    record_id: str
+    project_id: str
+    body: dict[str, Any]
+
+
+def _single_request() -> _SingleRequest:
     vendor_id = current_vendor()
-    body = json_body()
+    body = direct_upload.single_body(backends().settings)
     check_body_vendor(body, vendor_id)
     record_id = field(validate_id, body, "recordId")
-    project_id = field(validate_id, body, "projectId")
-    url = field(validate_photo_url, body, "photoUrl")
-    mode = field(validate_mode, body, "mode")
-    options = validated(validate_crop_options, mode, body.get("options"))
-    spec = JobSpec(jobqueue.new_job_id(),
-                   _crop_payload(vendor_id, project_id, record_id, url, mode, options.to_dict()),
-                   vendor_id, record_id)
-    return _queue_single(contracts.KIND_FACE_CROP, project_id, spec)
+    return _SingleRequest(vendor_id, record_id, field(validate_id, body, "projectId"), body)
+
+
+def _queue_single_photo(kind: str, request: _SingleRequest, options: dict[str, Any],
+                        mode: str | None = None) -> tuple[Response, int]:
+    """Keep the photo (URL or uploaded file) and queue its one job, once its options are valid."""
+    direct_upload.wait_seconds(request.body)  # a bad wait is a 400 before anything is kept
+    job_id = jobqueue.new_job_id()
+    url = _photo(request.body, job_id)
+    payload = ImageJobPayload(request.vendor_id, request.project_id, request.record_id, url, options, mode=mode)
+    spec = JobSpec(job_id, payload.to_dict(), request.vendor_id, request.record_id)
+    return _queue_single(kind, request.project_id, spec, request.body)
+
+
+def _crop_face_queue() -> tuple[Response, int]:
+    request = _single_request()
+    mode = field(validate_mode, request.body, "mode")
+    options = validated(validate_crop_options, mode, request.body.get("options"))
+    return _queue_single_photo(contracts.KIND_FACE_CROP, request, options.to_dict(), mode)
 
 
 @bp.post("/bulk-crop-face")
@@ -184,18 +242,14 @@ def _bulk_items(body: dict[str, Any], limit: int) -> list[tuple[str, str]]:
 
 @bp.post("/remove-bg-queue")
 def remove_bg_queue() -> tuple[Response, int]:
-    """Queue one background removal."""
-    vendor_id = current_vendor()
-    body = json_body()
-    check_body_vendor(body, vendor_id)
-    record_id = field(validate_id, body, "recordId")
-    project_id = field(validate_id, body, "projectId")
-    url = field(validate_photo_url, body, "photoUrl")
-    options = validated(validate_remove_bg_options, body.get("options"), backends().settings.rembg_models)
-    spec = JobSpec(jobqueue.new_job_id(),
-                   _bg_payload(vendor_id, project_id, record_id, url, options.to_dict()),
-                   vendor_id, record_id)
-    return _queue_single(contracts.KIND_REMOVE_BG, project_id, spec)
+    """Queue one background removal (photoUrl in JSON, or the photo as multipart ``file``; optional ``wait``)."""
+    return _single(_remove_bg_queue)
+
+
+def _remove_bg_queue() -> tuple[Response, int]:
+    request = _single_request()
+    options = validated(validate_remove_bg_options, request.body.get("options"), backends().settings.rembg_models)
+    return _queue_single_photo(contracts.KIND_REMOVE_BG, request, options.to_dict())
 
 
 @bp.post("/bulk-remove-bg")
@@ -214,6 +268,46 @@ def bulk_remove_bg() -> tuple[Response, int]:
     return _queue_bulk(contracts.KIND_REMOVE_BG, project_id, specs)
 
 
+def _id_photo_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The job options of an ID-photo request: its ``spec`` and ``options``, validated (400 naming the field)."""
+    spec, options = validated(id_photos.validate_request, body.get("spec"), body.get("options"))
+    return id_photos.job_options(spec, options)
+
+
+@bp.post("/id-photo-queue")
+def id_photo_queue() -> tuple[Response, int]:
+    """Queue one ID photo (photoUrl in JSON, or the photo as multipart ``file``; optional ``wait``)."""
+    return _single(_id_photo_queue)
+
+
+def _id_photo_queue() -> tuple[Response, int]:
+    request = _single_request()
+    spec = request.body.get("spec")
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        # A multipart form sends a custom spec as a JSON string.
+        try:
+            request = replace(request, body={**request.body, "spec": json.loads(spec)})
+        except ValueError:
+            raise ValidationError("spec", "is not valid JSON") from None
+    return _queue_single_photo(contracts.KIND_ID_PHOTO, request, _id_photo_options(request.body))
+
+
+@bp.post("/bulk-id-photo")
+def bulk_id_photo() -> tuple[Response, int]:
+    """Queue ID photos for a list of records (at most BULK_MAX_ITEMS), one spec and options for all."""
+    vendor_id = current_vendor()
+    settings = backends().settings
+    body = json_body()
+    check_body_vendor(body, vendor_id)
+    project_id = field(validate_id, body, "projectId")
+    items = _bulk_items(body, settings.bulk_max_items)
+    options = _id_photo_options(body)
+    specs = [JobSpec(jobqueue.new_job_id(), _bg_payload(vendor_id, project_id, record_id, url, options),
+                     vendor_id, record_id)
+             for record_id, url in items]
+    return _queue_bulk(contracts.KIND_ID_PHOTO, project_id, specs)
+
+
 @bp.get("/job/<job_id>")
 def job_status(job_id: str) -> Response:
     """State, progress, data and result or error of one of the vendor's jobs."""
@@ -226,6 +320,48 @@ def job_status(job_id: str) -> Response:
     if webhook is not None:
         view["webhook"] = webhook
     return jsonify(view)
+
+
+@bp.delete("/job/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    """Cancel one of the vendor's jobs: waiting/delayed ones never run, an active one is stopped.
+
+    The record row becomes ``canceled`` (unless the job finished first). Idempotent: canceling
+    a canceled job answers the same. A completed or failed job: 409 naming its state.
+    """
+    b = backends()
+    vendor_id = current_vendor()
+    job = jobqueue.fetch_job(b.redis, job_id, vendor_id)
+    if job is None:
+        raise NotFound(f"No job {job_id!r} for this vendor (unknown, expired, or another vendor's).",
+                       error_code="JOB_NOT_FOUND")
+    try:
+        was = jobqueue.cancel_job(b.redis, job)
+    except jobqueue.NotCancelable as exc:
+        raise Conflict(f"Job {job_id} is already {exc.state}; only waiting, delayed or active jobs can be "
+                       "canceled.", error_code="JOB_NOT_CANCELABLE", details={"state": exc.state}) from None
+    record_id = job.meta.get("record_id")
+    if record_id:
+        b.db.cancel_record(vendor_id, str(record_id), job.id)
+    direct_upload.discard_stored(b.settings, ((job.kwargs or {}).get("payload") or {}).get("photoUrl"))
+    log.info("vendor=%s job=%s canceled (was %s)", vendor_id, job.id, was)
+    message = {"active": "The worker running this job was told to stop it; its record is marked canceled.",
+               "canceled": "The job was already canceled."}.get(was, "The job was canceled; it will not run.")
+    return jsonify({"success": True, "id": job.id, "state": "canceled", "previousState": was,
+                    "message": message})
+
+
+@bp.get("/records")
+def list_records() -> Response:
+    """The vendor's records, newest first, by projectId and status, a page at a time (?cursor=)."""
+    project_id, status, cursor, limit = list_args(contracts.RECORD_STATUSES)
+    try:
+        page = backends().db.list_records(current_vendor(), project_id=project_id, status=status, cursor=cursor,
+                                          limit=limit)
+    except ValueError as exc:
+        raise ValidationError("cursor", str(exc)) from None
+    return jsonify({"success": True, "records": [_record_view(row) for row in page.rows],
+                    "nextCursor": page.next_cursor, "limit": limit})
 
 
 @bp.get("/record/<record_id>")
@@ -253,6 +389,9 @@ def _record_view(row: dict[str, Any]) -> dict[str, Any]:
         view["faceDetected"] = bool(view["faceDetected"])
     if isinstance(view["faceBox"], str):
         view["faceBox"] = json.loads(view["faceBox"])
+    report = row.get("report_json")
+    if report is not None:  # ID photos only
+        view["report"] = json.loads(report) if isinstance(report, str) else report
     return view
 
 

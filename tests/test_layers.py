@@ -150,3 +150,9 @@ def test_the_image_copies_every_layer() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     missing = [layer for layer in LAYERS if f"COPY {layer} {layer}" not in dockerfile]
     assert missing == [], f"Dockerfile must COPY these packages too: {missing}"
+
+
+def test_the_image_has_the_files_the_console_serves() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY clients/js/src clients/js/src" in dockerfile
+    assert (ROOT / "clients" / "js" / "src" / "index.js").exists()

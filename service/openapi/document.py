@@ -14,7 +14,10 @@ from typing import Any
 
 from flask import Flask
 
+from core import contracts
 from core.config import Settings
+from service.openapi import schemas
+from service.openapi.id_photo_schemas import id_photo_schemas
 from service.openapi.schemas import ERRORS, RATE_LIMIT_HEADERS, components, ref
 
 Operation = dict[str, Any]
@@ -120,6 +123,38 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
+def _list_params(statuses: list[str]) -> list[dict[str, Any]]:
+    """The query parameters of the list routes (service/listing.py)."""
+    return [_query("projectId", ref("Id"), "only this project"),
+            _query("status", {"type": "string", "enum": statuses}, "only this status"),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": contracts.LIST_MAX_LIMIT,
+                             "default": contracts.LIST_DEFAULT_LIMIT}, "page size"),
+            _query("cursor", {"type": "string", "maxLength": 512},
+                   "`nextCursor` of the previous page (opaque; keyset on creation time, so rows added "
+                   "meanwhile never shift a page)")]
+
+
+_UPLOAD_NOTE = (" The photo may also be sent itself: a multipart form with the photo in `file` (JPEG, PNG, WebP, "
+                "HEIC/HEIF or AVIF, at most FETCH_MAX_BYTES; 413 over it, 415 NOT_AN_IMAGE when its bytes are "
+                "no image) and the other fields as form fields. `wait` (0-30 s): 200 with the finished job "
+                "when it completes (or fails) in time, else 202.")
+
+
+def _with_id_photo(parts: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The components plus the ID-photo schemas (service/openapi/id_photo_schemas.py)."""
+    bulk = {"minItems": 1, "maxItems": settings.bulk_max_items}
+    return {**parts, "schemas": {**parts["schemas"], **id_photo_schemas(bulk)}}
+
+
+def _with_upload(operation: Operation, form: str) -> Operation:
+    """Add the multipart form (the photo as ``file``) and the 200 answer of ``wait`` to a single route."""
+    operation["requestBody"]["content"]["multipart/form-data"] = {"schema": ref(form)}
+    finished = _ok("Finished within `wait`: the job, as GET /job/<id>, plus jobId and recordId", ref("JobStatus"))
+    finished["200"]["headers"] = dict(RATE_LIMIT_HEADERS)
+    operation["responses"] = dict(sorted({**operation["responses"], **finished}.items()))
+    return operation
+
+
 _DEAD_LETTER_CHANGE = ("Bulk, through the registries a page at a time, at most `limit` per call. `skipped` lists "
                        "dead letters left in place and why (record superseded, source gone, ...).")
 
@@ -130,23 +165,57 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
             "success": {"type": "boolean"}, "service": {"type": "string"}, "docs": {"type": "string"},
             "health": {"type": "string"}}, "required": ["success", "service"]}),
     }},
-    "image_queue.crop_face_queue": {"post": _vendor(
+    "image_queue.crop_face_queue": {"post": _with_upload(_vendor(
         "Queue one face crop", "image-queue", _ok("Queued", ref("JobQueued"), 202), body="CropFaceRequest",
         description="Writes (or resets) the vendor's record row as `queued`, then enqueues the job. Modes: "
-                    "square (300x300), passport (413x531), idcard.")},
+                    "square (300x300), passport (413x531), idcard." + _UPLOAD_NOTE), "CropFaceForm")},
     "image_queue.bulk_crop_face": {"post": _vendor(
         "Queue face crops for a list of records", "image-queue", _ok("Queued", ref("BulkQueued"), 202),
         body="BulkCropFaceRequest")},
-    "image_queue.remove_bg_queue": {"post": _vendor(
+    "image_queue.remove_bg_queue": {"post": _with_upload(_vendor(
         "Queue one background removal", "image-queue", _ok("Queued", ref("JobQueued"), 202),
-        body="RemoveBgRequest")},
+        body="RemoveBgRequest", description=_UPLOAD_NOTE.strip()), "RemoveBgForm")},
     "image_queue.bulk_remove_bg": {"post": _vendor(
         "Queue background removals for a list of records", "image-queue", _ok("Queued", ref("BulkQueued"), 202),
         body="BulkRemoveBgRequest")},
+    "image_queue.id_photo_queue": {"post": _with_upload(_vendor(
+        "Queue one ID photo", "image-queue", _ok("Queued", ref("JobQueued"), 202), body="IdPhotoRequest",
+        description="A passport / ID photo of the portrait in one job: the person cut out (mask from rembg) onto "
+                    "a white or light grey background, the head scaled and placed per `spec`, exact pixels and "
+                    "dpi, and a compliance report (result `IdPhotoResult`; docs/id-photos.md). Counts against "
+                    "the background-removal limit too. Failures: NO_FACE, MULTIPLE_FACES, FACE_TOO_SMALL, "
+                    "FACE_CUT_OFF, OUTPUT_TOO_LARGE." + _UPLOAD_NOTE), "IdPhotoForm")},
+    "image_queue.bulk_id_photo": {"post": _vendor(
+        "Queue ID photos for a list of records", "image-queue", _ok("Queued", ref("BulkQueued"), 202),
+        body="BulkIdPhotoRequest")},
     "image_queue.job_status": {"get": _vendor(
         "State, progress and result or error of a job", "image-queue",
         {**_ok("The job", ref("JobStatus")), **_errors(404)},
         params=[_path_param("jobId", "the jobId answered when it was queued")])},
+    "image_queue.cancel_job": {"delete": _vendor(
+        "Cancel a job", "image-queue",
+        {**_ok("Canceled (or already canceled: idempotent)", {
+            "type": "object", "required": ["success", "id", "state", "previousState"],
+            "properties": {"success": {"type": "boolean", "enum": [True]}, "id": {"type": "string"},
+                           "state": {"type": "string", "enum": ["canceled"]},
+                           "previousState": {"type": "string",
+                                             "enum": ["waiting", "delayed", "active", "canceled"]},
+                           "message": {"type": "string"}}}), **_errors(404, 409)},
+        params=[_path_param("jobId", "the jobId answered when it was queued")],
+        description="waiting or delayed: the job never runs (RQ's cancel). active: the worker running it gets "
+                    "RQ's stop-job command, kills the work horse and does not retry; the record row is marked "
+                    "`canceled` (a job that finished before the command arrived stays completed). completed or "
+                    "failed: 409 JOB_NOT_CANCELABLE with `details.state`. Another vendor's job: 404.")},
+    "image_queue.list_records": {"get": _vendor(
+        "The vendor's records, newest first, a page at a time", "image-queue",
+        {**_ok("A page of records", {
+            "type": "object", "required": ["success", "records", "nextCursor", "limit"],
+            "properties": {"success": {"type": "boolean", "enum": [True]},
+                           "records": {"type": "array", "items": ref("Record")},
+                           "nextCursor": {"type": "string", "nullable": True,
+                                          "description": "pass as `cursor` for the next page; null on the last"},
+                           "limit": {"type": "integer"}}}), **_errors(400)},
+        params=_list_params([*schemas.RECORD_STATUSES]))},
     "image_queue.record_status": {"get": _vendor(
         "The vendor's record row", "image-queue",
         {**_ok("The record", {"type": "object", "properties": {"success": {"type": "boolean", "enum": [True]},
@@ -182,6 +251,38 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
         params=[_path_param("batchId", "the batch"),
                 _query("format", {"type": "string", "enum": ["jsonl", "csv"], "default": "jsonl"},
                        "JSON lines (default) or CSV")])},
+    "batch.list_batches": {"get": _vendor(
+        "The vendor's batches, newest first, a page at a time", "batch",
+        {**_ok("A page of batches", {
+            "type": "object", "required": ["success", "batches", "nextCursor", "limit"],
+            "properties": {"success": {"type": "boolean", "enum": [True]},
+                           "batches": {"type": "array", "items": ref("Batch")},
+                           "nextCursor": {"type": "string", "nullable": True,
+                                          "description": "pass as `cursor` for the next page; null on the last"},
+                           "limit": {"type": "integer"}}}), **_errors(400)},
+        params=_list_params([*schemas.BATCH_STATUSES]))},
+    "batch.batch_cancel": {"post": _vendor(
+        "Cancel a batch", "batch",
+        {**_ok("Canceled (again: idempotent)", {
+            "type": "object", "required": ["success", "batch", "canceledNow"],
+            "properties": {"success": {"type": "boolean", "enum": [True]}, "batch": ref("Batch"),
+                           "canceledNow": {"type": "integer", "description": "pending images canceled by this call"},
+                           "message": {"type": "string"}}}), **_errors(404, 409)},
+        params=[_path_param("batchId", "the batch")],
+        description="Every image still pending becomes `canceled` in one transaction (its record row too); "
+                    "images already finished keep their outcome, so processed + canceled = imageCount. A chunk "
+                    "running now stops before its next image. The uploaded ZIP and extracted images are "
+                    "removed; the batch's webhook fires with event `batch.canceled`. A finished batch: 409 "
+                    "BATCH_NOT_CANCELABLE.")},
+    "batch.batch_results_zip": {"get": _vendor(
+        "Every finished output and the results listing, as one streamed ZIP", "batch", {
+            "200": {"description": "`outputs/<entry path or recordId>.<ext>` for each completed image, then "
+                                   "`results.jsonl`, `results.csv` (the listing, with `file`: the output's name "
+                                   "in the ZIP) and `batch.json` (status, counts, `complete`). Built while it "
+                                   "streams; usable while the batch still runs (what is done so far).",
+                    "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+            **_errors(404)},
+        params=[_path_param("batchId", "the batch")])},
     "batch.batch_queue_stats": {"get": _vendor(
         "Job counts of the batch queues", "batch", _ok("Counts", {
             "type": "object", "required": ["success", "stats"], "properties": {
@@ -192,6 +293,15 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
                                                                      "additionalProperties": ref("QueueCounts")},
                                          "batchIngestion": ref("QueueCounts"),
                                          "timestamp": {"type": "integer", "description": "Unix ms"}}}}}))},
+    "health.livez": {"get": {
+        "tags": ["health"], "summary": "Liveness: the process answers (touches neither Redis nor the database)",
+        "security": PUBLIC,
+        "description": "For container and orchestrator probes (Dockerfile HEALTHCHECK, compose). Whether the "
+                       "service can work is /api/worker/health.",
+        "responses": _ok("alive", {"type": "object", "properties": {
+            "success": {"type": "boolean"}, "status": {"type": "string", "enum": ["alive"]}},
+            "required": ["success", "status"]}),
+    }},
     "health.worker_health": {"get": {
         "tags": ["health"], "summary": "Redis, database, workers and rembg instances, checked live",
         "security": PUBLIC,
@@ -256,6 +366,21 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
             "application/javascript": {"schema": {"type": "string"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}}}}, **_errors(404)},
     }},
+    # The web console (service/console.py, docs/console.md): static files; its data comes from the API above.
+    "console.page": {"get": {
+        "tags": ["docs"], "summary": "The web console (HTML): batches, their results, try a photo", "security": PUBLIC,
+        "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }},
+    "console.asset": {"get": {
+        "tags": ["docs"], "summary": "The console's files, and the JavaScript client's modules under client/",
+        "security": PUBLIC,
+        "parameters": [_path_param("filename", "console.js, console.css, client/index.js, ...")],
+        "responses": {"200": {"description": "The file", "content": {
+            "text/javascript": {"schema": {"type": "string"}},
+            "application/javascript": {"schema": {"type": "string"}},
+            "text/css": {"schema": {"type": "string"}},
+            "text/html": {"schema": {"type": "string"}}}}, **_errors(404)},
+    }},
 }
 
 
@@ -293,5 +418,5 @@ def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
         },
         "tags": TAGS,
         "paths": paths,
-        "components": components(settings),
+        "components": _with_id_photo(components(settings), settings),
     }

@@ -54,9 +54,18 @@ SUCCESS_TRUE = {"type": "boolean", "enum": [True]}
 ID_REGEX = contracts.ID_PATTERN.pattern
 QUEUE_COUNTS_KEYS = ("waiting", "active", "completed", "failed", "delayed")
 BATCH_STATUSES = [BATCH_QUEUED, BATCH_INGESTING, BATCH_PROCESSING, BATCH_COMPLETED, BATCH_COMPLETED_WITH_ERRORS,
-                  BATCH_FAILED]
-RECORD_STATUSES = [contracts.STATUS_QUEUED, contracts.STATUS_PROCESSING, contracts.STATUS_COMPLETED,
-                   contracts.STATUS_FAILED]
+                  BATCH_FAILED, "canceled"]
+RECORD_STATUSES = list(contracts.RECORD_STATUSES)
+WAIT = {"type": "number", "minimum": 0, "maximum": contracts.MAX_WAIT_S,
+        "description": "wait up to this many seconds for the job: 200 with the finished job (as GET /job/<id>) "
+                       "when it completed or failed in time, else the usual 202"}
+PHOTO_FILE = {"type": "string", "format": "binary",
+              "description": "the photo itself (JPEG, PNG, WebP, HEIC/HEIF or AVIF; at most FETCH_MAX_BYTES), "
+                             "instead of photoUrl"}
+OPERATION = {"type": "string", "enum": list(contracts.BATCH_OPERATIONS), "default": contracts.OPERATION_CROP_FACE,
+             "description": "what each image gets: cropFace (face crop by `mode`), removeBg (background "
+                            "removal; `options` are RemoveBgOptions) or idPhoto (an ID photo; `options` are "
+                            "IdPhotoOptions plus `spec`, required)."}
 
 # Status -> (description, headers) of the error answers operations list.
 ERRORS: dict[int, str] = {
@@ -109,6 +118,10 @@ def _crop_options() -> Schema:
         "quality": nullable({"type": "integer", "minimum": 1, "maximum": 100, "default": 92}),
         "noFace": {"type": "string", "enum": list(contracts.NO_FACE_POLICIES), "default": "fail",
                    "description": "`center`: store a centred crop when no face is found (square mode only)"},
+        "detector": nullable({"type": "string", "enum": list(contracts.FACE_DETECTORS),
+                              "description": "face detector: `yunet` (CNN with landmarks; passport and idcard "
+                                             "heads levelled and framed from them) or `haar` (the seeds' "
+                                             "cascades); default: the service's FACE_DETECTOR (yunet)"}),
     }, additionalProperties=False, description="Face-crop options; every one is optional.")
 
 
@@ -123,6 +136,15 @@ def _remove_bg_options(settings: Settings) -> Schema:
         ], "description": "flatten onto this colour (JPEG output); not with onlyMask"}),
         "onlyMask": nullable(BOOLEAN),
         "alphaMatting": nullable(BOOLEAN),
+        "format": nullable({"type": "string", "enum": list(contracts.BG_FORMATS), "default": "png",
+                            "description": "the cut-out's format: png, or webp (lossless; lossy colour with "
+                                           "exact alpha when quality is given); only png with onlyMask or bgColor"}),
+        "maxSide": nullable({"type": "integer", "minimum": 16, "maximum": contracts.MAX_OUTPUT_SIDE,
+                             "description": "shrink the output so its longer side is at most this many pixels "
+                                            "(never enlarged)"}),
+        "quality": nullable({"type": "integer", "minimum": 1, "maximum": 100,
+                             "description": "JPEG quality with bgColor (default 92), or lossy WebP quality; "
+                                            "not with a PNG"}),
     }, additionalProperties=False, description="Background-removal options; every one is optional.")
 
 
@@ -148,6 +170,7 @@ def _request_schemas(settings: Settings) -> dict[str, Schema]:
         "CropFaceRequest": obj({
             "recordId": ref("Id"), "projectId": ref("Id"), "photoUrl": ref("PhotoUrl"), "mode": ref("Mode"),
             "vendorId": ref("VendorId"), "options": nullable(ref("CropOptions")), "callbackUrl": ref("CallbackUrl"),
+            "wait": nullable(WAIT),
         }, ("recordId", "projectId", "photoUrl", "mode"), example={
             "recordId": "rec-1", "projectId": "demo", "mode": "passport",
             "photoUrl": "https://photos.example.com/people/rec-1.jpg", "options": {"format": "jpeg", "quality": 90}}),
@@ -161,10 +184,20 @@ def _request_schemas(settings: Settings) -> dict[str, Schema]:
             "recordIds": ["rec-1", "rec-2"], "projectId": "demo", "mode": "square",
             "photoUrls": ["https://photos.example.com/people/rec-1.jpg",
                           "https://photos.example.com/people/rec-2.jpg"]}),
+        "CropFaceForm": obj({
+            "file": PHOTO_FILE, "recordId": ref("Id"), "projectId": ref("Id"), "mode": ref("Mode"),
+            "options": {"type": "string", "description": "CropOptions as JSON text"},
+            "vendorId": ref("VendorId"), "callbackUrl": ref("CallbackUrl"), "wait": WAIT,
+        }, ("file", "recordId", "projectId", "mode")),
+        "RemoveBgForm": obj({
+            "file": PHOTO_FILE, "recordId": ref("Id"), "projectId": ref("Id"),
+            "options": {"type": "string", "description": "RemoveBgOptions as JSON text"},
+            "vendorId": ref("VendorId"), "callbackUrl": ref("CallbackUrl"), "wait": WAIT,
+        }, ("file", "recordId", "projectId")),
         "RemoveBgRequest": obj({
             "recordId": ref("Id"), "projectId": ref("Id"), "photoUrl": ref("PhotoUrl"),
             "vendorId": ref("VendorId"), "options": nullable(ref("RemoveBgOptions")),
-            "callbackUrl": ref("CallbackUrl"),
+            "callbackUrl": ref("CallbackUrl"), "wait": nullable(WAIT),
         }, ("recordId", "projectId", "photoUrl"), example={
             "recordId": "rec-3", "projectId": "demo", "photoUrl": "https://photos.example.com/people/rec-3.jpg",
             "options": {"bgColor": "#ffffff"}}),
@@ -181,8 +214,10 @@ def _request_schemas(settings: Settings) -> dict[str, Schema]:
             "projectId": ref("Id"),
             "priority": nullable({"type": "integer", "minimum": 1, "maximum": 10, "default": 5,
                                   "description": "10 is most urgent"}),
+            "operation": nullable(OPERATION),
             "mode": nullable({"type": "string", "enum": list(contracts.CROP_MODES), "default": "square"}),
-            "options": nullable(ref("CropOptions")),
+            "options": nullable({"oneOf": [ref("CropOptions"), ref("RemoveBgOptions")],
+                                 "description": "the operation's options: CropOptions or RemoveBgOptions"}),
             "vendorId": ref("VendorId"), "callbackUrl": ref("CallbackUrl"),
             "images": {"type": "array", "minItems": 1, "maxItems": settings.batch_max_images_per_request,
                        "items": obj({"recordId": ref("Id"), "imageUrl": ref("PhotoUrl")},
@@ -195,8 +230,10 @@ def _request_schemas(settings: Settings) -> dict[str, Schema]:
             "file": {"type": "string", "format": "binary", "description": "the ZIP archive"},
             "projectId": ref("Id"),
             "priority": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
+            "operation": OPERATION,
             "mode": {"type": "string", "enum": list(contracts.CROP_MODES), "default": "square"},
-            "options": {"type": "string", "description": "face-crop options as JSON text (CropOptions)"},
+            "options": {"type": "string", "description": "the operation's options as JSON text (CropOptions or "
+                                                         "RemoveBgOptions)"},
             "vendorId": ref("VendorId"), "callbackUrl": ref("CallbackUrl"),
         }, ("file", "projectId")),
         "DeadLetterFilter": obj({
@@ -223,7 +260,29 @@ def _response_schemas() -> dict[str, Schema]:
     check = obj({"status": {"type": "string", "enum": ["up", "down"]}, "latencyMs": NUMBER, "error": STRING},
                 ("status",))
     face_box = nullable(obj({"x": NUMBER, "y": NUMBER, "width": NUMBER, "height": NUMBER}))
+    point = obj({"x": NUMBER, "y": NUMBER}, ("x", "y"))
     return {
+        "FoundFace": obj({
+            "box": obj({"x": NUMBER, "y": NUMBER, "width": NUMBER, "height": NUMBER},
+                       ("x", "y", "width", "height")),
+            "score": nullable({"type": "number", "minimum": 0, "maximum": 1,
+                               "description": "detector confidence; null for haar"}),
+            "landmarks": nullable(obj({name: point for name in contracts.LANDMARK_NAMES},
+                                      description="eyes (the subject's right eye is on the viewer's left), "
+                                                  "nose tip, mouth corners; null for haar")),
+        }, ("box", "score", "landmarks"), description="a face found, in photo pixels after EXIF rotation"),
+        "FaceCropResult": obj({
+            "success": SUCCESS_TRUE, "recordId": STRING, "mode": STRING, "photoUrl": STRING,
+            "faceDetected": BOOLEAN, "faceCount": INTEGER, "faceBox": face_box,
+            "width": INTEGER, "height": INTEGER,
+            "faces": {"type": "array", "items": ref("FoundFace"), "description": "every face, largest first"},
+            "rollDegrees": nullable({"type": "number", "description": "the chosen face's eye-line angle in the "
+                                                                     "photo (clockwise positive), before "
+                                                                     "levelling; null for haar"}),
+            "detector": {"type": "string", "enum": list(contracts.FACE_DETECTORS)},
+        }, ("success", "faceDetected", "faceCount", "faceBox", "width", "height"),
+            description="`result` of a completed face-crop job (a re-run of a completed job returns the "
+                        "stored fields only)"),
         "Error": obj({
             "success": {"type": "boolean", "enum": [False]},
             "error": obj({"code": STRING, "message": STRING, "details": {"description": "what went wrong"}},
@@ -241,10 +300,11 @@ def _response_schemas() -> dict[str, Schema]:
         }, ("success", "jobIds", "recordIds", "count", "message", "estimatedTime")),
         "JobStatus": obj({
             "success": SUCCESS_TRUE, "id": STRING,
-            "state": {"type": "string", "enum": ["waiting", "active", "completed", "failed", "delayed"]},
+            "state": {"type": "string", "enum": ["waiting", "active", "completed", "failed", "delayed", "canceled"]},
             "progress": {"type": "integer", "minimum": 0, "maximum": 100},
             "data": {"type": "object", "description": "the job's payload"},
-            "result": {"type": "object", "nullable": True, "description": "when completed"},
+            "result": {"type": "object", "nullable": True,
+                       "description": "when completed; face-crop jobs: FaceCropResult"},
             "error": obj({"code": STRING, "message": STRING, "permanent": BOOLEAN, "final": BOOLEAN},
                          ("code", "message"), description="when failed, or the last error of a pending retry"),
             "attempts": INTEGER, "maxAttempts": INTEGER,
@@ -260,15 +320,18 @@ def _response_schemas() -> dict[str, Schema]:
         }, ("recordId", "projectId", "status")),
         "BatchQueued": obj({
             "success": SUCCESS_TRUE, "batchId": STRING, "status": {"type": "string", "enum": BATCH_STATUSES},
-            "imageCount": nullable(INTEGER), "queued": INTEGER, "message": STRING, "statusUrl": STRING,
+            "operation": OPERATION, "imageCount": nullable(INTEGER), "queued": INTEGER, "message": STRING,
+            "statusUrl": STRING,
         }, ("success", "batchId", "status", "imageCount", "queued", "statusUrl")),
         "Batch": obj({
             "batchId": STRING, "projectId": STRING, "status": {"type": "string", "enum": BATCH_STATUSES},
-            "priority": INTEGER, "mode": STRING, "imageCount": INTEGER, "queued": INTEGER, "skipped": INTEGER,
+            "priority": INTEGER, "operation": OPERATION, "mode": STRING, "imageCount": INTEGER, "queued": INTEGER,
+            "skipped": INTEGER, "canceled": {"type": "integer", "description": "images canceled before they ran"},
             "progress": obj({"processed": INTEGER, "total": INTEGER, "failed": INTEGER,
                              "updatedAt": nullable(TIMESTAMP)}, ("processed", "total", "failed")),
             "progressPercent": {"type": "number", "minimum": 0},
             "createdAt": nullable(TIMESTAMP), "completedAt": nullable(TIMESTAMP), "resultsUrl": STRING,
+            "resultsZipUrl": STRING,
             "error": obj({"code": STRING, "message": nullable(STRING)}, ("code",)),
         }, ("batchId", "projectId", "status", "imageCount", "progress", "progressPercent")),
         "Health": obj({
@@ -281,6 +344,12 @@ def _response_schemas() -> dict[str, Schema]:
             "rembgInstances": {"type": "array", "items": obj({
                 "url": STRING, "status": {"type": "string", "enum": ["up", "down"]}, "latencyMs": NUMBER,
                 "error": STRING, "breaker": STRING}, ("url", "status"))},
+            "faceModel": obj({
+                "status": {"type": "string", "enum": ["ok", "missing", "bad md5"]}, "file": STRING,
+                "detector": STRING, "required": BOOLEAN, "message": STRING,
+            }, ("status", "file", "detector", "required"),
+                description="the YuNet model file as the API host sees it; workers with FACE_DETECTOR=yunet "
+                            "refuse to start without it"),
             "timestamp": STRING,
         }, ("success", "status", "redis", "db", "workers", "queueSizes", "rembgInstances", "timestamp")),
         "DeadLetter": obj({

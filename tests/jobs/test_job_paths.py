@@ -12,7 +12,7 @@ from rq.utils import import_attribute
 
 from core import contracts
 
-SINGLE_IMAGE_JOBS = [contracts.JOB_CROP_FACE, contracts.JOB_REMOVE_BACKGROUND]
+SINGLE_IMAGE_JOBS = [contracts.JOB_CROP_FACE, contracts.JOB_REMOVE_BACKGROUND, contracts.JOB_ID_PHOTO]
 CALLBACKS = [contracts.ON_JOB_FAILURE, contracts.ON_JOB_SUCCESS, contracts.ON_INGEST_FAILURE,
              contracts.ON_CHUNK_FAILURE, contracts.ON_WEBHOOK_FAILURE]
 

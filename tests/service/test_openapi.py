@@ -103,7 +103,7 @@ def test_security_and_error_answers_match_what_each_route_does(document: dict[st
     for path in ("/api/admin/failed-jobs", "/api/admin/failed-jobs/requeue", "/api/admin/failed-jobs/delete"):
         op = ops.get((path, "get")) or ops[(path, "post")]
         assert op["security"] == [{"AdminBasic": []}] and {"401", "404"} <= set(op["responses"])
-    for public in ("/api/worker/health", "/api/openapi.json", "/api/docs", "/"):
+    for public in ("/api/worker/health", "/livez", "/api/openapi.json", "/api/docs", "/"):
         assert ops[(public, "get")]["security"] == []
     schemes = document["components"]["securitySchemes"]
     assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
@@ -120,7 +120,8 @@ def test_request_schemas_follow_the_validators_and_settings(document: dict[str, 
     assert schemas["Id"]["anyOf"][0]["pattern"] == contracts.ID_PATTERN.pattern
     assert schemas["PhotoUrl"]["maxLength"] == contracts.MAX_URL_LENGTH
     crop = schemas["CropOptions"]["properties"]
-    assert set(crop) == {"padding", "outputWidth", "outputHeight", "format", "quality", "noFace"}
+    assert set(crop) == {"padding", "outputWidth", "outputHeight", "format", "quality", "noFace", "detector"}
+    assert crop["detector"]["enum"] == [*contracts.FACE_DETECTORS, None]
     assert schemas["CropOptions"]["additionalProperties"] is False
     assert (crop["outputWidth"]["minimum"], crop["outputWidth"]["maximum"]) == (16, contracts.MAX_OUTPUT_SIDE)
     assert crop["noFace"]["enum"] == list(contracts.NO_FACE_POLICIES)
