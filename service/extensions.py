@@ -32,6 +32,7 @@ class Backends:
     _queues: dict[str, Queue] = field(default_factory=dict)
     _breakers: dict[str, RedisBreaker] = field(default_factory=dict)
     _breakers_lock: threading.Lock = field(default_factory=threading.Lock)
+    _pools: list[redis.ConnectionPool] = field(default_factory=list)
 
     def breaker(self, url: str, timeout_s: float) -> RedisBreaker:
         """This app's breaker for the Redis at ``url`` (one per URL: the queues' client and the
@@ -44,7 +45,9 @@ class Backends:
 
     def redis_pool(self, url: str, timeout_s: float) -> redis.ConnectionPool:
         """A connection pool for ``url`` behind its breaker, with ``timeout_s`` socket timeouts."""
-        return guarded_pool(url, self.breaker(url, timeout_s), timeout_s, health_check_interval=30)
+        pool = guarded_pool(url, self.breaker(url, timeout_s), timeout_s, health_check_interval=30)
+        self._pools.append(pool)  # closed with the app (close), like the queues' own
+        return pool
 
     @property
     def redis(self) -> redis.Redis:
@@ -63,8 +66,10 @@ class Backends:
         """Close the Redis pool and the database connection (tests; process exit does it otherwise)."""
         if self._redis is not None:
             self._redis.close()
-            self._redis.connection_pool.disconnect()
             self._redis = None
+        for pool in self._pools:  # the queues' pool and the rate limiter's storage pool
+            pool.disconnect()
+        self._pools.clear()
         if self._db is not None:
             self._db.close()
         self._queues.clear()
