@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
-from rq import Callback, Queue, RateLimit
+from rq import Callback, RateLimit
 from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.config import Settings
 from core.enqueue import job_retry
 
@@ -57,7 +57,7 @@ def enqueue_chunk(redis: Redis, batch: BatchRef, first_seq: int, last_seq: int, 
     job_id = job_id or chunk_job_id(batch.batch_id, first_seq)
     if Job.exists(job_id, connection=redis):
         return False
-    queue = Queue(contracts.face_detection_queue(batch.priority), connection=redis)
+    queue = rqjson.queue(contracts.face_detection_queue(batch.priority), connection=redis)
     queue.enqueue(
         contracts.JOB_PROCESS_CHUNK,
         args=(batch.batch_id, first_seq, last_seq),
@@ -84,7 +84,7 @@ def chunk_rate_limit(batch: BatchRef, settings: Settings) -> RateLimit:
 
 def enqueue_ingest(redis: Redis, batch: BatchRef, path: str, settings: Settings) -> str:
     """Queue the ingestion job of an uploaded ZIP."""
-    queue = Queue(contracts.QUEUE_BATCH_INGESTION, connection=redis)
+    queue = rqjson.queue(contracts.QUEUE_BATCH_INGESTION, connection=redis)
     job = queue.enqueue(
         contracts.JOB_INGEST_ZIP,
         args=(batch.batch_id, path),

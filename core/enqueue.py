@@ -17,7 +17,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.worker import Worker
 
-from core import contracts
+from core import contracts, rqjson
 from core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def fetch_job(redis: Redis, job_id: str, vendor_id: str) -> Job | None:
     if not contracts.ID_PATTERN.match(job_id) or ":" in job_id:
         return None
     try:
-        job = Job.fetch(job_id, connection=redis)
+        job = rqjson.fetch(job_id, connection=redis)
     except (NoSuchJobError, ValueError):  # ValueError: RQ refuses ids with '.' or '@' (ID_PATTERN allows them)
         return None
     if job.meta.get("vendor_id") != vendor_id:

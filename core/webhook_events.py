@@ -21,10 +21,10 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Callback, Queue, Retry
+from rq import Callback, Retry
 from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.config import Settings
 from core.db.batches import BATCH_FINAL
 from core.db.database import Database
@@ -159,7 +159,7 @@ def _queue_delivery(connection: Redis, settings: Settings, kind: str, target_id:
         log.info("%s=%s vendor=%s %s already queued (event %s)", kind, target_id, vendor_id, event, eid)
         return False
     try:
-        Queue(contracts.QUEUE_WEBHOOKS, connection=connection).enqueue(
+        rqjson.queue(contracts.QUEUE_WEBHOOKS, connection=connection).enqueue(
             contracts.JOB_DELIVER_WEBHOOK,
             args=(kind, target_id, eid),
             job_id=f"webhook-{eid}",

@@ -17,8 +17,10 @@ from typing import Any
 from rq.callbacks import execute_failure_callback
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.queue import Queue
 from rq.worker import Worker
 
+from core import rqjson
 from core.config import Settings
 from core.errors import WORKER_DIED, TransientJobError
 
@@ -45,11 +47,18 @@ def describe_exit(ret_val: int) -> str:
 
 
 class ImageQueueWorker(Worker):
-    """rq's forking Worker, plus the failure callback for a work-horse that died, and a
-    configurable heartbeat grace (WORKER_HEARTBEAT_GRACE_S) instead of RQ's fixed 60 s."""
+    """rq's forking Worker, plus the failure callback for a work-horse that died, a
+    configurable heartbeat grace (WORKER_HEARTBEAT_GRACE_S) instead of RQ's fixed 60 s, and
+    JSON jobs only (core/rqjson.py), whatever `rq worker --serializer` says: a pickled job in
+    Redis is failed as unreadable, never unpickled."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, queues: Any, *args: Any, **kwargs: Any) -> None:
+        # `rq worker` builds its Queue objects with its own --serializer (pickle by default);
+        # by name, RQ builds them again with this worker's.
+        given = [queues] if isinstance(queues, str | Queue) else list(queues)
+        names: list[str] = [queue if isinstance(queue, str) else queue.name for queue in given]
+        kwargs["serializer"] = rqjson.SERIALIZER
+        super().__init__(names, *args, **kwargs)
         self.heartbeat_grace_s = Settings.from_env().worker_heartbeat_grace_s
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:

@@ -41,7 +41,7 @@ from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from core import contracts
+from core import contracts, rqjson
 from core.config import Settings
 from core.contracts import ID_PATTERN, InvalidField
 from core.db.batches import BATCH_FAILED, BATCH_QUEUED, ITEM_FAILED
@@ -274,7 +274,7 @@ class DeadLetters:
                     break
                 ids = [raw.decode() for raw, _ in entries]
                 stale = 0
-                for job_id, job, (_, score) in zip(ids, Job.fetch_many(ids, connection=self.redis), entries,
+                for job_id, job, (_, score) in zip(ids, rqjson.fetch_many(ids, connection=self.redis), entries,
                                                    strict=True):
                     if job is None:  # the job's hash expired or was deleted: a dangling entry
                         registry.remove(job_id)
@@ -285,7 +285,7 @@ class DeadLetters:
 
     def _by_ids(self, flt: Filter, outcome: Outcome | None) -> Iterator[tuple[Job, float | None]]:
         wanted = set(flt.searched_queues())
-        for job_id, job in zip(flt.job_ids, Job.fetch_many(list(flt.job_ids), connection=self.redis), strict=True):
+        for job_id, job in zip(flt.job_ids, rqjson.fetch_many(list(flt.job_ids), connection=self.redis), strict=True):
             score: float | None = None
             if job is not None:
                 score = self.redis.zscore(self.registry(job.origin).key, job.id)

@@ -34,11 +34,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from core import contracts
+from core import contracts, rqjson
 from core.batch_outcomes import fail_pending_items, mirror_batch_records
 from core.batch_plan import BatchRef, chunk_job_id, chunk_ranges, enqueue_chunk, enqueue_ingest, ingest_job_id, zip_path
 from core.config import Settings
@@ -79,7 +78,7 @@ def _fetch(redis: Redis, job_id: str | None) -> Job | None:
     if not job_id:
         return None
     try:
-        return Job.fetch(job_id, connection=redis)
+        return rqjson.fetch(job_id, connection=redis)
     except NoSuchJobError:
         return None
 
@@ -142,14 +141,14 @@ class Reconciler:
         if self.dry_run:
             return
         queue_name, func = contracts.SINGLE_JOB_KINDS[row["job_kind"]]
-        queue = Queue(queue_name, connection=self.redis, default_timeout=self.settings.job_timeout_s)
+        queue = rqjson.queue(queue_name, connection=self.redis, default_timeout=self.settings.job_timeout_s)
         enqueue_jobs(queue, func, [JobSpec(row["current_job_id"], payload, row["vendor_id"], row["record_id"])],
                      self.settings)
         log.info("reconcile: vendor=%s record=%s job=%s queued again", row["vendor_id"], row["record_id"],
                  row["current_job_id"])
 
     def _in_a_list(self, job: Job, *, cached: bool) -> bool:
-        queue = Queue(job.origin, connection=self.redis)
+        queue = rqjson.queue(job.origin, connection=self.redis)
         for key in (queue.key, queue.intermediate_queue_key):
             if not cached:
                 if self.redis.lpos(key, job.id) is not None:
@@ -187,7 +186,7 @@ class Reconciler:
                 continue
             self.result.jobs_restored += 1
             if not self.dry_run:
-                Queue(job.origin, connection=self.redis).push_job_id(job.id, at_front=True)
+                rqjson.queue(job.origin, connection=self.redis).push_job_id(job.id, at_front=True)
                 log.warning("reconcile: job=%s was queued in no queue; put back on %s", job.id, job.origin)
 
     def _fail_record(self, row: dict[str, Any], code: str, message: str) -> None:
@@ -243,7 +242,7 @@ class Reconciler:
         prefix = f"rq:job:{chunk_job_id(batch_id, 0)[:-1]}"
         ids = {key.decode()[len("rq:job:"):] for key in self.redis.scan_iter(match=f"{prefix}*", count=1000)}
         ids = {job_id for job_id in ids if ":" not in job_id}  # not rq:job:<id>:dependents and the like
-        return [job for job in Job.fetch_many(sorted(ids), connection=self.redis) if job is not None]
+        return [job for job in rqjson.fetch_many(sorted(ids), connection=self.redis) if job is not None]
 
     def _chunks(self, ref: BatchRef) -> None:
         live: list[tuple[int, int]] = []

@@ -44,6 +44,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+from core import rqjson  # noqa: E402
 from core.contracts import CropOptions  # noqa: E402
 from core.errors import PermanentJobError  # noqa: E402
 from jobs.imaging import face_crop  # noqa: E402
@@ -309,10 +310,10 @@ class BenchStack:
         return redis_lib.Redis.from_url(self.redis_url)
 
     def start_workers(self, queues: tuple[str, ...], count: int) -> None:
-        from rq import Queue, Worker
+        from rq import Worker
 
         conn = self.redis()
-        queue = Queue(queues[0], connection=conn)
+        queue = rqjson.queue(queues[0], connection=conn)
         before = Worker.count(queue=queue)
         for _ in range(count):
             self.stack.start_worker(*queues)
@@ -415,7 +416,6 @@ def tiny_jpeg() -> bytes:
 
 def e2e_ingest(entries: int) -> dict[str, Any]:
     """Upload and ingest a ZIP of ``entries`` tiny images with no face-detection workers running."""
-    from rq.job import Job
 
     from core import contracts
     from core.batch_plan import ingest_job_id
@@ -438,7 +438,7 @@ def e2e_ingest(entries: int) -> dict[str, Any]:
             batch = bench.wait_status("vendor-a", body["batchId"], ("processing", "failed"), timeout=3600)
             elapsed = time.perf_counter() - started
             memory_after = int(conn.info("memory")["used_memory"])
-            job = Job.fetch(ingest_job_id(body["batchId"]), connection=conn)
+            job = rqjson.fetch(ingest_job_id(body["batchId"]), connection=conn)
             result = job.return_value() or {}
             api_rss = bench.api_peak_rss_kb()
         finally:

@@ -48,9 +48,9 @@ import numpy as np  # noqa: E402
 import redis as redis_lib  # noqa: E402
 import requests  # noqa: E402
 from PIL import Image  # noqa: E402
-from rq import Queue, Worker  # noqa: E402
+from rq import Worker  # noqa: E402
 
-from core import contracts  # noqa: E402
+from core import contracts, rqjson  # noqa: E402
 from jobs.imaging.background import MODEL_INPUT_SIDES, prepare  # noqa: E402
 from tests.conftest import free_port, redis_server_binary, wait_for_port  # noqa: E402
 from tests.rembg_servers import REMBG_BIN, RembgServer, ensure_model  # noqa: E402
@@ -107,7 +107,7 @@ def direct(server: RembgServer, photos: list[bytes]) -> dict[str, Any]:
 
 def wait_workers(conn: redis_lib.Redis, count: int, stack: Stack) -> None:
     """Wait until ``count`` workers listen on background-removal."""
-    queue = Queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=conn)
+    queue = rqjson.queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=conn)
     deadline = time.monotonic() + 90
     while Worker.count(queue=queue) < count:
         if time.monotonic() > deadline:
@@ -118,7 +118,7 @@ def wait_workers(conn: redis_lib.Redis, count: int, stack: Stack) -> None:
 def through_queue(stack: Stack, key: str, conn: redis_lib.Redis, server: RembgServer, urls: list[str],
                   label: str) -> dict[str, Any]:
     """Submit ``urls`` with bulk-remove-bg; time until every job is finished; fetch the outputs."""
-    queue = Queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=conn)
+    queue = rqjson.queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=conn)
     done_before = queue.finished_job_registry.count + queue.failed_job_registry.count
     cpu_before, started = cpu_s(server_pid(server)), time.perf_counter()
     resp = requests.post(f"{stack.base_url}/api/image-queue/bulk-remove-bg", timeout=30, headers={"X-API-Key": key},

@@ -31,6 +31,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from core import rqjson  # noqa: E402
 from core.contracts import CROP_MODES, CropOptions  # noqa: E402
 from core.errors import PermanentJobError  # noqa: E402
 from jobs.imaging import face_crop  # noqa: E402
@@ -141,7 +142,6 @@ def full_path(photos: list[bytes], *, mode: str, repeat: int, face_crop_workers:
 
     import redis as redis_lib
     import requests
-    from rq import Queue
 
     from core import contracts
     from tests.conftest import free_port, redis_server_binary, wait_for_port
@@ -166,7 +166,7 @@ def full_path(photos: list[bytes], *, mode: str, repeat: int, face_crop_workers:
             with running_stack(env, tmp / "logs") as stack:
                 key = create_vendor(env, "bench")
                 conn = redis_lib.Redis.from_url(redis_url)
-                queue = Queue(contracts.QUEUE_FACE_CROP, connection=conn)
+                queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=conn)
                 # Submit everything first: Redis memory per queued job, then the workers' pace.
                 memory_before = int(conn.info("memory")["used_memory"])
                 submit_started = time.perf_counter()

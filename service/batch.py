@@ -20,7 +20,7 @@ from typing import IO, Any
 from flask import Blueprint, Request, Response, current_app, jsonify, request, stream_with_context, url_for
 from redis.exceptions import RedisError
 
-from core import contracts, id_photos, metrics
+from core import contracts, id_photos, metrics, rqjson
 from core.batch_outcomes import cancel_batch
 from core.batch_plan import BatchRef, chunk_ranges, enqueue_chunk, enqueue_ingest, ingest_job_id, zip_path
 from core.contracts import (
@@ -339,10 +339,10 @@ def batch_cancel(batch_id: str) -> Response:
 
 def _cancel_rq_job(redis: Any, job_id: str) -> None:
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
-    from rq.job import Job, JobStatus
+    from rq.job import JobStatus
 
     try:
-        job = Job.fetch(job_id, connection=redis)
+        job = rqjson.fetch(job_id, connection=redis)
         if job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
             job.cancel()
     except (NoSuchJobError, InvalidJobOperation):

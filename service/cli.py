@@ -253,6 +253,24 @@ def cleanup(older_than_days: float | None, dry_run: bool, every: float) -> None:
         time.sleep(every)
 
 
+@cli.command("convert-pickled-jobs")
+@click.option("--dry-run", is_flag=True, help="list what would be converted; change nothing")
+def convert_pickled_jobs(dry_run: bool) -> None:
+    """Rewrite jobs a pickling release left in Redis as JSON, loading plain values only (ops/pickled_jobs.py)."""
+    import json
+
+    from core.redis_urls import redis_client
+    from ops.pickled_jobs import convert_pickled_jobs as run_conversion
+
+    settings = Settings.from_env()
+    conn = redis_client(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    report = run_conversion(conn, dry_run=dry_run)
+    click.echo(json.dumps({"dryRun": dry_run, **report.summary()}, sort_keys=True))
+    if report.refused:
+        raise click.ClickException(f"{len(report.refused)} job(s) hold more than plain values and were left as "
+                                   "they are; delete them with `dead-letters delete` or by hand (listed above)")
+
+
 def main() -> None:
     """Console entry point: a setting that cannot be read is a one-line error, not a traceback."""
     try:

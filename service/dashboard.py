@@ -21,6 +21,7 @@ import rq_dashboard
 from flask import Flask, request
 from rq_dashboard.web import setup_rq_connection
 
+from core import rqjson
 from core.config import Settings
 from core.redis_urls import dashboard_url
 from service.admin.auth import require_admin
@@ -52,6 +53,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     """Mount the dashboard at /rq behind the admin credentials (404 while ADMIN_PASSWORD is unset)."""
     app.config["RQ_DASHBOARD_REDIS_URL"] = dashboard_url(settings.redis_url)  # sentinel:// spelled its way
     app.config["RQ_DASHBOARD_POLL_INTERVAL"] = 2500  # ms between the pages' refreshes
+    # Jobs are JSON (core/rqjson.py); the dashboard's config is a module global of rq_dashboard.
+    rq_dashboard.web.config.serializer = rqjson.SERIALIZER
     setup_rq_connection(app)  # a client object only; it connects on first use
     app.before_request(_guard)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=URL_PREFIX)

@@ -16,7 +16,7 @@ import redis
 from flask import Flask, current_app
 from rq import Queue
 
-from core import contracts
+from core import contracts, rqjson
 from core.config import Settings
 from core.db.database import Database, DatabaseUnavailable, connect
 from service.redis_breaker import RedisBreaker, guarded_pool, ping_probe
@@ -79,7 +79,7 @@ class Backends:
         if name not in contracts.ALL_QUEUES:
             raise KeyError(f"unknown queue {name!r}; known: {', '.join(contracts.ALL_QUEUES)}")
         if name not in self._queues:
-            self._queues[name] = Queue(name, connection=self.redis,
+            self._queues[name] = rqjson.queue(name, connection=self.redis,
                                        default_timeout=self.settings.job_timeout_s)
         return self._queues[name]
 

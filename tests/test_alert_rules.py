@@ -12,9 +12,8 @@ import pytest
 import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from rq import Queue
 
-from core import metrics
+from core import metrics, rqjson
 from core.db.database import connect
 from service import create_app
 from tests.conftest import ROOT
@@ -56,7 +55,7 @@ def test_every_metric_the_rules_read_is_on_metrics(redis_conn: redis.Redis, redi
     app = create_app({"redis_url": redis_url, "database_url": db_url, "storage_dir": str(tmp_path / "files"),
                       "rembg_urls": ("http://127.0.0.1:9",), "metrics_token": TOKEN})
     # One finished and one failed job, so the counters have samples.
-    queue = Queue("face-crop", connection=redis_conn)
+    queue = rqjson.queue("face-crop", connection=redis_conn)
     done, failed = queue.enqueue("builtins.len", [1]), queue.enqueue("builtins.len", [2])
     metrics.job_succeeded(redis_conn, done)
     metrics.job_failed(redis_conn, failed, "NO_FACE", final=True)

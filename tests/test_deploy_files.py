@@ -53,6 +53,8 @@ def test_compose_services_match_the_procfile() -> None:
                  "reconciler"):
         assert name in services, name
     assert "--appendonly" in services["redis"]["command"] and "noeviction" in services["redis"]["command"]
+    # The standalone dashboard reads our JSON jobs (core/rqjson.py); with pickle it cannot open one.
+    assert "python -m rq_dashboard --json " in services["rq-dashboard"]["command"][-1]
     for queue, replicas in contracts.DEFAULT_WORKERS.items():
         worker = services[f"worker-{queue}"]
         assert worker["restart"] == "unless-stopped"

@@ -74,12 +74,13 @@ if "sentry_sdk" in sys.modules:
 WORKER_SCRIPT = """
 import sys
 import redis
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
+from core import rqjson
 import jobs.settings  # what `rq worker -c jobs.settings` imports first: starts Sentry with the RQ integration
 conn = redis.Redis.from_url(sys.argv[1])
-queue = Queue("webhooks", connection=conn)
+queue = rqjson.queue("webhooks", connection=conn)
 queue.enqueue("builtins.int", "not a number")  # fails for good: ValueError
-SimpleWorker([queue], connection=conn).work(burst=True)
+SimpleWorker([queue], connection=conn, serializer=rqjson.SERIALIZER).work(burst=True)
 import sentry_sdk
 sentry_sdk.flush(10)
 """

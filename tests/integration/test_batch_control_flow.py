@@ -17,9 +17,8 @@ import pytest
 import redis
 import requests
 from PIL import Image
-from rq import Queue
 
-from core import contracts
+from core import contracts, rqjson
 from tests.conftest import free_port
 from tests.integration.test_batch_flow import make_zip, upload
 from tests.rembg_servers import RembgServers, photo_jpeg
@@ -83,8 +82,8 @@ def rows(stack: Stack, key: str, batch_id: str) -> list[dict[str, Any]]:
 
 def queues_drained(stack: Stack) -> bool:
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    return all(Queue(name, connection=conn).count == 0
-               and Queue(name, connection=conn).started_job_registry.get_job_count(cleanup=False) == 0
+    return all(rqjson.queue(name, connection=conn).count == 0
+               and rqjson.queue(name, connection=conn).started_job_registry.get_job_count(cleanup=False) == 0
                for name in contracts.FACE_DETECTION_QUEUES)
 
 
@@ -214,7 +213,7 @@ def test_a_photo_sent_as_a_file_with_wait_comes_back_in_one_call(stack: Stack, k
     from rq import Worker
 
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    queue = Queue(contracts.QUEUE_FACE_CROP, connection=conn)
+    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=conn)
     if Worker.count(queue=queue) == 0:
         stack.start_worker(contracts.QUEUE_FACE_CROP)
         wait_until(stack, "face-crop worker not up", lambda: Worker.count(queue=queue) > 0)
@@ -246,7 +245,7 @@ def test_an_active_job_is_stopped_by_its_worker_and_stays_canceled(stack: Stack,
     from rq import Worker
 
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    queue = Queue(contracts.QUEUE_FACE_CROP, connection=conn)
+    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=conn)
     if Worker.count(queue=queue) == 0:
         stack.start_worker(contracts.QUEUE_FACE_CROP)
         wait_until(stack, "face-crop worker not up", lambda: Worker.count(queue=queue) > 0)

@@ -15,10 +15,8 @@ import pytest
 import redis
 import requests
 from PIL import Image
-from rq import Queue
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.batch_plan import chunk_job_id
 from tests.conftest import free_port
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
@@ -168,8 +166,8 @@ def test_url_batch_updates_records_and_retries_transient_failures(stack: Stack, 
 
     # At-least-once: a chunk that runs again (e.g. after its worker died) changes no count.
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    chunk = Job.fetch(chunk_job_id(batch_id, 0), connection=conn)
-    Queue(chunk.origin, connection=conn).enqueue_job(chunk)
+    chunk = rqjson.fetch(chunk_job_id(batch_id, 0), connection=conn)
+    rqjson.queue(chunk.origin, connection=conn).enqueue_job(chunk)
     deadline = time.monotonic() + 30
     while chunk.get_status(refresh=True) != "finished" and time.monotonic() < deadline:
         time.sleep(0.1)

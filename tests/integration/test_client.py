@@ -22,9 +22,8 @@ import pytest
 import redis
 import requests
 from PIL import Image
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from imagequeue_client import AuthenticationError, BadRequest, Client, NotFound
 from service import idempotency
 from tests.conftest import ROOT, free_port
@@ -73,7 +72,7 @@ def jobs_for_record(stack: Stack, record_id: str) -> list[str]:
     """Every RQ job in Redis whose payload is for this record."""
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
     ids = [key.decode().split(":", 2)[2] for key in conn.scan_iter("rq:job:*") if key.count(b":") == 2]
-    jobs = [job for job in Job.fetch_many(ids, connection=conn) if job is not None]
+    jobs = [job for job in rqjson.fetch_many(ids, connection=conn) if job is not None]
     return [job.id for job in jobs if (job.kwargs or {}).get("payload", {}).get("recordId") == record_id]
 
 

@@ -15,10 +15,8 @@ import pytest
 import redis
 import requests
 from PIL import Image
-from rq import Queue
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.db.database import connect
 from tests.conftest import free_port
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env, wait_for_job
@@ -137,7 +135,7 @@ def test_permanent_failure_fails_at_once_with_code(stack: Stack, keys: dict[str,
     assert job["attempts"] == 1
     row = record(stack, keys["acme"], record_id)
     assert row["status"] == "failed" and row["errorCode"] == code and row["errorMessage"]
-    failed = Queue(contracts.QUEUE_FACE_CROP, connection=redis.Redis.from_url(stack.env["REDIS_URL"]))
+    failed = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis.Redis.from_url(stack.env["REDIS_URL"]))
     assert resp.json()["jobId"] in failed.failed_job_registry.get_job_ids()
 
 
@@ -151,8 +149,8 @@ def test_rerun_of_completed_job_changes_nothing(stack: Stack, keys: dict[str, st
     hits = photos.hits["/astronaut.jpg"]
     # At-least-once delivery: the same job runs again (as after its worker's parent died).
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    job = Job.fetch(job_id, connection=conn)
-    Queue(contracts.QUEUE_FACE_CROP, connection=conn).enqueue_job(job)
+    job = rqjson.fetch(job_id, connection=conn)
+    rqjson.queue(contracts.QUEUE_FACE_CROP, connection=conn).enqueue_job(job)
     time.sleep(0.5)
     second = wait_for_job(stack.base_url, keys["acme"], job_id)
     assert second["result"] == first["result"]

@@ -25,9 +25,8 @@ import redis
 import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from rq import Queue
 
-from core import contracts
+from core import contracts, rqjson
 from tests.conftest import free_port
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env, wait_for_job
 
@@ -133,7 +132,7 @@ def workload(stack: Stack, redis_url: str, astronaut_jpeg: bytes, noface_jpeg: b
                                                               {"recordId": "b2",
                                                                "imageUrl": photos.url("/noface.jpg")}]})
     done.batch_id = resp.json()["batchId"]
-    done.parked_job = Queue(contracts.QUEUE_IMAGE_PROCESSING,
+    done.parked_job = rqjson.queue(contracts.QUEUE_IMAGE_PROCESSING,
                             connection=redis.Redis.from_url(redis_url)).enqueue("os.getpid").id
     for vendor, job_id in queued:
         job = wait_for_job(stack.base_url, keys[vendor], job_id)

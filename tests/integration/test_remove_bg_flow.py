@@ -19,10 +19,8 @@ import pytest
 import redis
 import requests
 from PIL import Image
-from rq import Queue
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from tests.conftest import free_port
 from tests.jobs.imaging.test_background import direct_call, rotated_jpeg
 from tests.rembg_servers import RembgServers, photo_jpeg
@@ -93,7 +91,7 @@ def bulk(stack: Stack, key: str, photos: PhotoServer, prefix: str, count: int) -
 
 def instances_used(stack: Stack, job_ids: list[str]) -> Counter[str]:
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    return Counter(Job.fetch(job_id, connection=conn).meta["rembg_instance"] for job_id in job_ids)
+    return Counter(rqjson.fetch(job_id, connection=conn).meta["rembg_instance"] for job_id in job_ids)
 
 
 def test_photo_comes_back_as_png_with_the_background_transparent(stack: Stack, key: str, photos: PhotoServer,
@@ -129,11 +127,11 @@ def test_rerun_of_a_completed_job_returns_the_stored_result(stack: Stack, key: s
     before, handled = record(stack, key, "rec-twice"), servers.removals()
     # At-least-once delivery: the same job runs again (as after its worker's parent died).
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    ended = Job.fetch(job_id, connection=conn).ended_at
-    Queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=conn).enqueue_job(Job.fetch(job_id, connection=conn))
+    ended = rqjson.fetch(job_id, connection=conn).ended_at
+    rqjson.queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=conn).enqueue_job(rqjson.fetch(job_id, connection=conn))
     deadline = time.monotonic() + 60
     while True:
-        job = Job.fetch(job_id, connection=conn)
+        job = rqjson.fetch(job_id, connection=conn)
         if job.get_status() == "finished" and job.ended_at and ended and job.ended_at > ended:
             break
         assert time.monotonic() < deadline, f"the re-run did not finish: {job.get_status()}\n{stack.logs()}"
@@ -254,5 +252,5 @@ def test_with_every_instance_down_jobs_retry_then_fail_with_the_reason(stack: St
     assert "no rembg instance could remove the background" in error["message"]
     row = record(stack, key, "rec-down")
     assert row["status"] == "failed" and row["errorCode"] == "REMBG_UNAVAILABLE" and row["attempts"] == 4
-    failed = Queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=redis.Redis.from_url(stack.env["REDIS_URL"]))
+    failed = rqjson.queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=redis.Redis.from_url(stack.env["REDIS_URL"]))
     assert job_id in failed.failed_job_registry.get_job_ids()

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import redis
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.config import Settings
 from core.db.batches import BATCH_COMPLETED, BATCH_PROCESSING, ITEM_COMPLETED, ITEM_FAILED, ITEM_PENDING
 from core.db.database import Database
@@ -63,7 +62,7 @@ def test_a_rerun_mirrors_the_records_an_earlier_run_left_queued(db: Database, re
     _recorded_but_not_mirrored(db, batch_id)
     db.record_item_outcomes(batch_id, [{"seq": 2, "status": ITEM_COMPLETED, "output_url": "http://files/2.jpg"}])
     ctx = Context(Settings(), db, LocalStorage(tmp_path / "files", "http://files"))
-    job = Job.create(contracts.JOB_PROCESS_CHUNK, args=(batch_id, 0, 2), connection=redis_conn)
+    job = rqjson.create(contracts.JOB_PROCESS_CHUNK, args=(batch_id, 0, 2), connection=redis_conn)
     monkeypatch.setattr(batch, "context", lambda: ctx)
     monkeypatch.setattr(batch, "get_current_job", lambda: job)
 
@@ -124,7 +123,7 @@ def _remove_bg_batch(db: Database, redis_conn: redis.Redis, tmp_path: Path, monk
     storage = LocalStorage(tmp_path / "files", "http://files")
     ctx = Context(Settings(upload_dir=str(tmp_path / "uploads")), db, storage)
     masks = _CancelingMasks(db, batch_id, cancel_on=masks_cancel_on)
-    job = Job.create(contracts.JOB_PROCESS_CHUNK, args=(batch_id, 0, 3), connection=redis_conn)
+    job = rqjson.create(contracts.JOB_PROCESS_CHUNK, args=(batch_id, 0, 3), connection=redis_conn)
     monkeypatch.setattr(batch, "context", lambda: ctx)
     monkeypatch.setattr(batch, "get_current_job", lambda: job)
     monkeypatch.setattr(rembg_pool.RembgPool, "from_settings", classmethod(lambda cls, settings, redis: masks))

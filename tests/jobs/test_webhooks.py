@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 import redis
-from rq import Queue
 from rq.job import Job
 
-from core import contracts, webhook_events
+from core import contracts, rqjson, webhook_events
 from core.config import Settings
 from core.db.batches import BATCH_COMPLETED_WITH_ERRORS, BATCH_PROCESSING
 from core.db.database import Database, connect
@@ -57,7 +56,7 @@ def make_job(conn: redis.Redis, job_id: str, attempts: int, callback: str | None
     payload: dict[str, Any] = {"vendorId": "acme", "projectId": "p1", "recordId": "r1", "photoUrl": "https://x/y.jpg"}
     if callback:
         payload["callbackUrl"] = callback
-    job = Job.create(contracts.JOB_CROP_FACE, kwargs={"payload": payload}, id=job_id, connection=conn,
+    job = rqjson.create(contracts.JOB_CROP_FACE, kwargs={"payload": payload}, id=job_id, connection=conn,
                      meta={"attempts": attempts})
     job.save()
     return job
@@ -73,11 +72,11 @@ def test_a_job_event_is_queued_once_per_run(redis_conn: redis.Redis) -> None:
     assert webhook_events.notify_job(job, redis_conn, SETTINGS, "job.completed", result={"photoUrl": "u"})
     # RQ runs a finished job again (at-least-once): same run, same event, nothing queued again.
     assert not webhook_events.notify_job(job, redis_conn, SETTINGS, "job.completed", result={"photoUrl": "u"})
-    queue = Queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn)
+    queue = rqjson.queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn)
     assert len(queue.job_ids) == 1
-    delivery = Job.fetch(queue.job_ids[0], connection=redis_conn)
+    delivery = rqjson.fetch(queue.job_ids[0], connection=redis_conn)
     first = state(redis_conn, "job", "j1")
-    assert delivery.func_name == contracts.JOB_DELIVER_WEBHOOK and delivery.args == ("job", "j1", first["eventId"])
+    assert delivery.func_name == contracts.JOB_DELIVER_WEBHOOK and delivery.args == ["job", "j1", first["eventId"]]
     assert delivery.retries_left == 2 and delivery.retry_intervals == [1, 1]
     assert first["state"] == "pending" and first["attempts"] == "0" and first["maxAttempts"] == "3"
     body = json.loads(first["body"])
@@ -94,7 +93,7 @@ def test_a_job_event_is_queued_once_per_run(redis_conn: redis.Redis) -> None:
 def test_jobs_without_a_callback_send_nothing(redis_conn: redis.Redis) -> None:
     job = make_job(redis_conn, "j2", attempts=1, callback=None)
     assert not webhook_events.notify_job(job, redis_conn, SETTINGS, "job.completed", result={})
-    assert Queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn).job_ids == []
+    assert rqjson.queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn).job_ids == []
     assert state(redis_conn, "job", "j2") == {}
 
 
@@ -122,7 +121,7 @@ def test_a_batch_event_is_queued_once_when_final(redis_conn: redis.Redis, db: Da
     body = json.loads(state(redis_conn, "batch", "b1")["body"])
     assert body["event"] == f"batch.{BATCH_COMPLETED_WITH_ERRORS}" and body["batchId"] == "b1"
     assert body["progress"] == {"processed": 2, "total": 2, "failed": 1}
-    assert len(Queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn).job_ids) == 1
+    assert len(rqjson.queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn).job_ids) == 1
 
 
 def test_webhook_secrets_are_stored_per_vendor(db: Database) -> None:

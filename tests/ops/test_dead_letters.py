@@ -18,11 +18,11 @@ import redis
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue, Retry
+from rq import Retry
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from core import contracts
+from core import contracts, rqjson
 from core.batch_plan import chunk_job_id, ingest_job_id
 from core.db.batches import BATCH_COMPLETED_WITH_ERRORS, BATCH_FAILED, BATCH_PROCESSING, ITEM_FAILED, ITEM_PENDING
 from core.db.database import Database, connect
@@ -66,7 +66,7 @@ def fail_job(conn: redis.Redis, queue: str, func: str, *, code: str, args: tuple
              kwargs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None, job_id: str | None = None,
              permanent: bool = True) -> Job:
     """Enqueue a job and leave it as RQ and our failure callbacks leave a final failure."""
-    q = Queue(queue, connection=conn)
+    q = rqjson.queue(queue, connection=conn)
     job = q.enqueue(func, args=args, kwargs=kwargs, job_id=job_id, meta=meta or {}, failure_ttl=3600,
                     retry=Retry(max=3, interval=[2, 4, 8]))
     q.remove(job)
@@ -164,10 +164,10 @@ def test_requeue_puts_the_record_back_to_queued_and_the_job_in_its_queue(
     assert row is not None
     assert (row["processing_status"], row["error_code"], row["error_message"]) == ("queued", None, None)
     assert row["current_job_id"] == job.id and row["attempts"] == 1
-    queue = Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
+    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
     assert queue.job_ids == [job.id]
     assert FailedJobRegistry(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 0
-    again = Job.fetch(job.id, connection=redis_conn)
+    again = rqjson.fetch(job.id, connection=redis_conn)
     assert again.get_status() == JobStatus.QUEUED
     assert "error" not in again.meta and again.meta["requeues"] == 1 and again.meta["progress"] == 0
     assert again.retries_left == 3 and again.meta["max_attempts"] == 1 + 1 + 3
@@ -228,7 +228,7 @@ def test_requeue_of_a_dead_chunk_reopens_only_its_leftover_images(
             continue
         assert (row["processing_status"], row["error_code"]) == (status, None)
     # The chunk waits in its queue (or RQ's rate-limited set) with its retries back.
-    again = Job.fetch(chunk.id, connection=redis_conn)
+    again = rqjson.fetch(chunk.id, connection=redis_conn)
     assert again.get_status() in (JobStatus.QUEUED, JobStatus.RATE_LIMITED)
     assert again.retries_left == 3 and "error" not in again.meta
     # Requeued again while nothing failed with that code: there is nothing to retry.
@@ -257,7 +257,7 @@ def test_a_zip_chunk_whose_extracted_images_are_gone_is_not_requeued(
     assert [item["status"] for item in db.batch_items(batch_id)] == [ITEM_PENDING, ITEM_FAILED]
 
     # With every extracted file gone the chunk stays a dead letter, and says why.
-    Queue(contracts.face_detection_queue(5), connection=redis_conn).empty()
+    rqjson.queue(contracts.face_detection_queue(5), connection=redis_conn).empty()
     kept.unlink()
     db.record_item_outcomes(batch_id, [{"seq": 0, "status": ITEM_FAILED, "error_code": "UNEXPECTED_ERROR"}])
     again = fail_job(redis_conn, contracts.face_detection_queue(5), contracts.JOB_PROCESS_CHUNK,

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
-from rq import Queue
 from rq.job import Job, JobStatus
 
-from core import contracts
+from core import contracts, rqjson
 from core.batch_plan import BatchRef, chunk_job_id, enqueue_chunk, ingest_job_id, zip_path
 from core.config import Settings
 from core.db.batches import BATCH_FAILED, BATCH_PROCESSING, BATCH_QUEUED, ITEM_PENDING
@@ -46,7 +45,7 @@ def submit(db: Database, conn: redis.Redis, settings: Settings, record_id: str, 
     """What the API's submit does: the row (with its payload), then the RQ job."""
     db.queue_records("acme", "p1", [(record_id, job_id, "https://x/a.jpg")], job_kind=contracts.KIND_FACE_CROP,
                      payloads=[payload(record_id)])
-    enqueue_jobs(Queue(contracts.QUEUE_FACE_CROP, connection=conn), contracts.JOB_CROP_FACE,
+    enqueue_jobs(rqjson.queue(contracts.QUEUE_FACE_CROP, connection=conn), contracts.JOB_CROP_FACE,
                  [JobSpec(job_id, payload(record_id), "acme", record_id)], settings)
 
 
@@ -63,11 +62,11 @@ def test_lost_single_jobs_are_queued_again_with_their_payload_once(
 
     result = reconcile(db, redis_conn, settings, older_than_s=0)
     assert (result.records_requeued, result.records_alive, result.records_failed) == (2, 1, 0)
-    job = Job.fetch("job-1", connection=redis_conn)
+    job = rqjson.fetch("job-1", connection=redis_conn)
     assert job.kwargs == {"payload": payload("r1")}
     assert job.meta["vendor_id"] == "acme" and job.retries_left == settings.job_retries
     assert job.failure_callback is not None  # same callbacks as a submitted job
-    queue = Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
+    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
     assert sorted(queue.job_ids) == ["job-1", "job-2", "job-3"]
     again = reconcile(db, redis_conn, settings, older_than_s=0)
     assert (again.records_requeued, again.records_alive) == (0, 3)  # running twice adds nothing
@@ -77,9 +76,9 @@ def test_lost_single_jobs_are_queued_again_with_their_payload_once(
 def test_job_taken_by_a_worker_that_died_before_starting_it_is_put_back(
         db: Database, redis_conn: redis.Redis, settings: Settings) -> None:
     submit(db, redis_conn, settings, "r1", "job-1")
-    queue = Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
+    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
     assert redis_conn.lpop(queue.key) == b"job-1"  # a multi-queue worker's BLPOP, then SIGKILL
-    assert Job.fetch("job-1", connection=redis_conn).get_status() == JobStatus.QUEUED
+    assert rqjson.fetch("job-1", connection=redis_conn).get_status() == JobStatus.QUEUED
     result = reconcile(db, redis_conn, settings, older_than_s=0, confirm_s=0.1)
     assert (result.jobs_restored, result.records_requeued, result.records_alive) == (1, 0, 0)
     assert queue.job_ids == ["job-1"]
@@ -105,7 +104,7 @@ def test_row_without_payload_fails_job_lost(db: Database, redis_conn: redis.Redi
 def test_job_failed_for_good_but_row_not_told_gets_the_jobs_error(
         db: Database, redis_conn: redis.Redis, settings: Settings) -> None:
     submit(db, redis_conn, settings, "r1", "job-1")
-    job = Job.fetch("job-1", connection=redis_conn)
+    job = rqjson.fetch("job-1", connection=redis_conn)
     job.meta["error"] = {"code": "WORKER_DIED", "message": "killed by signal 9", "final": True}
     job.save_meta()
     job.set_status(JobStatus.FAILED)
@@ -130,9 +129,9 @@ def test_pending_batch_images_no_live_chunk_covers_are_queued_again(
     enqueue_chunk(redis_conn, ref, 0, 2, settings)  # still alive: items 0-2 covered
     result = reconcile(db, redis_conn, settings, older_than_s=0)
     assert (result.chunks_requeued, result.images_requeued) == (2, 4)  # 3-5 and 6
-    jobs = {job_id: Job.fetch(job_id, connection=redis_conn).args
+    jobs = {job_id: rqjson.fetch(job_id, connection=redis_conn).args
             for job_id in (chunk_job_id("b1", 3), chunk_job_id("b1", 6))}
-    assert jobs == {chunk_job_id("b1", 3): ("b1", 3, 5), chunk_job_id("b1", 6): ("b1", 6, 6)}
+    assert jobs == {chunk_job_id("b1", 3): ["b1", 3, 5], chunk_job_id("b1", 6): ["b1", 6, 6]}
     assert reconcile(db, redis_conn, settings, older_than_s=0).chunks_requeued == 0
 
 
@@ -172,7 +171,7 @@ def test_chunks_waiting_for_a_rate_limit_slot_cover_their_images(
     ref = url_batch(db, "b3", 6)
     enqueue_chunk(redis_conn, ref, 0, 2, one_slot)
     enqueue_chunk(redis_conn, ref, 3, 5, one_slot)
-    assert Job.fetch(chunk_job_id("b3", 3), connection=redis_conn).get_status() == JobStatus.RATE_LIMITED
+    assert rqjson.fetch(chunk_job_id("b3", 3), connection=redis_conn).get_status() == JobStatus.RATE_LIMITED
     result = reconcile(db, redis_conn, settings, older_than_s=0)
     assert (result.chunks_requeued, result.images_requeued, result.jobs_restored) == (0, 0, 0)
 
@@ -188,11 +187,11 @@ def test_zip_batch_whose_ingest_job_was_lost(db: Database, redis_conn: redis.Red
     result = reconcile(db, redis_conn, settings, older_than_s=0)
     assert (result.ingests_requeued, result.batches_failed) == (1, 1)
     # A worker took the ingestion job and lost Redis before starting it: put back once.
-    assert redis_conn.lpop(Queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn).key) is not None
+    assert redis_conn.lpop(rqjson.queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn).key) is not None
     again = reconcile(db, redis_conn, settings, older_than_s=0, confirm_s=0.1)
     assert (again.ingests_requeued, again.jobs_restored) == (0, 1)
-    assert Queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn).job_ids == [ingest_job_id("zkept")]
-    assert Job.fetch(ingest_job_id("zkept"), connection=redis_conn).args[0] == "zkept"
+    assert rqjson.queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn).job_ids == [ingest_job_id("zkept")]
+    assert rqjson.fetch(ingest_job_id("zkept"), connection=redis_conn).args[0] == "zkept"
     gone = db.get_batch("zgone")
     assert gone is not None and (gone["status"], gone["error_code"]) == (BATCH_FAILED, SOURCE_MISSING)
 

@@ -41,9 +41,8 @@ from urllib.parse import unquote, urlsplit
 import redis
 import requests
 from PIL import Image
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from tests.cloudinary_standin import CloudinaryStandin, _Handler, _Pending
 from tests.conftest import ROOT, free_port, redis_server_binary, wait_for_port
 from tests.reliability.report import Report
@@ -150,7 +149,7 @@ def wait_jobs(redis_url: str, job_ids: list[str], timeout: float) -> dict[str, s
     deadline = time.monotonic() + timeout
     statuses: dict[str, str] = {}
     while True:
-        for job_id, job in zip(job_ids, Job.fetch_many(job_ids, connection=conn), strict=True):
+        for job_id, job in zip(job_ids, rqjson.fetch_many(job_ids, connection=conn), strict=True):
             status = None if job is None else job.get_status(refresh=False)
             statuses[job_id] = "missing" if status is None else str(getattr(status, "value", status))
         if all(status in ("finished", "failed") for status in statuses.values()) or time.monotonic() > deadline:
@@ -172,7 +171,7 @@ def job_timings(redis_url: str, job_ids: list[str]) -> list[tuple[float, float]]
     """(seconds from creation to the end, seconds of the last attempt's run) of each finished job."""
     conn = redis.Redis.from_url(redis_url)
     timings = []
-    for job in Job.fetch_many(job_ids, connection=conn):
+    for job in rqjson.fetch_many(job_ids, connection=conn):
         if job is not None and job.ended_at and job.started_at and job.created_at:
             timings.append(((job.ended_at - job.created_at).total_seconds(),
                             (job.ended_at - job.started_at).total_seconds()))

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from rq import Queue
 
-from core import contracts
+from core import contracts, rqjson
 from tests.conftest import ROOT
 from tests.reliability.api_stack import ApiStack, api_stack
 from tests.reliability.report import Report
@@ -178,7 +177,7 @@ def queued_jobs(redis_url: str) -> int:
     """Face-crop jobs Redis holds: waiting plus every registry (no workers: all should wait)."""
     conn = redis.Redis.from_url(redis_url)
     try:
-        queue = Queue(contracts.QUEUE_FACE_CROP, connection=conn)
+        queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=conn)
         registries = (queue.started_job_registry, queue.finished_job_registry, queue.failed_job_registry,
                       queue.scheduled_job_registry, queue.deferred_job_registry)
         return queue.count + sum(registry.get_job_count(cleanup=False) for registry in registries)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from core import contracts
+from core import contracts, rqjson
 from tests.reliability.harness import (
     RelStack,
     horse_of,
@@ -104,12 +104,10 @@ def _kill_loop(rel: RelStack, kills: int, rng: random.Random, done: callable) ->
 
 def _where(rel: RelStack, job_id: str) -> str:
     """Where RQ holds a job: status, meta and each list or registry it is in (for a failure's note)."""
-    from rq import Queue
-    from rq.job import Job
 
     conn = rel.redis.client()
-    job = Job.fetch(job_id, connection=conn)
-    queue = Queue(job.origin, connection=conn)
+    job = rqjson.fetch(job_id, connection=conn)
+    queue = rqjson.queue(job.origin, connection=conn)
     places = {"queue": conn.lpos(queue.key, job_id) is not None,
               "intermediate": conn.lpos(queue.intermediate_queue_key, job_id) is not None,
               "started": job_id in queue.started_job_registry, "scheduled": job_id in queue.scheduled_job_registry,

@@ -13,10 +13,8 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.db.database import connect
 from service import create_app
 from service.auth import create_api_key
@@ -65,14 +63,14 @@ def test_crop_face_queue_enqueues_job_and_record(app: Flask, client: FlaskClient
     body = resp.get_json()
     assert body["success"] is True and body["recordId"] == "rec-1"
     assert body["estimatedSeconds"] > 0 and "seconds" in body["estimatedTime"]
-    job = Job.fetch(body["jobId"], connection=redis_conn)
+    job = rqjson.fetch(body["jobId"], connection=redis_conn)
     assert job.func_name == contracts.JOB_CROP_FACE
     assert job.origin == contracts.QUEUE_FACE_CROP
     assert job.meta["vendor_id"] == "acme"
     assert job.retries_left == 3 and job.retry_intervals == [2, 4, 8]
     assert job.timeout == 60
     assert job.kwargs["payload"]["options"]["format"] == "png"
-    assert Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 1
+    assert rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 1
     record = connect(app.extensions["image_queue"].settings.database_url).get_record("acme", "rec-1")
     assert record is not None
     assert record["processing_status"] == "queued" and record["current_job_id"] == body["jobId"]
@@ -94,7 +92,7 @@ def test_bulk_crop_face_enqueues_each(app: Flask, client: FlaskClient, redis_con
     assert resp.status_code == 202, resp.get_json()
     out = resp.get_json()
     assert out["count"] == 3 and len(set(out["jobIds"])) == 3
-    assert Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 3
+    assert rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 3
 
 
 def test_other_vendors_job_is_not_found(app: Flask, client: FlaskClient) -> None:
@@ -183,7 +181,7 @@ def test_bulk_validation_names_the_field(app: Flask, client: FlaskClient, body: 
     full = {"projectId": "p", "mode": "square", **body}
     assert_error(client.post("/api/image-queue/bulk-crop-face", json=full, headers=headers(app)),
                  400, "VALIDATION_ERROR", field)
-    assert Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 0
+    assert rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 0
 
 
 def test_body_shape_errors(app: Flask, client: FlaskClient) -> None:

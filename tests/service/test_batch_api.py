@@ -15,10 +15,8 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.batch_plan import chunk_job_id
 from core.db.database import connect
 from tests.service.apps import vendor_app
@@ -62,11 +60,11 @@ def test_add_images_chunks_into_the_priority_queue(app: Flask, client: FlaskClie
     assert resp.status_code == 202, resp.get_json()
     body = resp.get_json()
     assert body["imageCount"] == 6 and body["queued"] == 6
-    queue = Queue(contracts.face_detection_queue(8), connection=redis_conn)
+    queue = rqjson.queue(contracts.face_detection_queue(8), connection=redis_conn)
     batch_id = body["batchId"]
     assert queue.job_ids == [chunk_job_id(batch_id, 0), chunk_job_id(batch_id, 4)]
-    job = Job.fetch(chunk_job_id(batch_id, 4), connection=redis_conn)
-    assert job.args == (batch_id, 4, 5) and job.func_name == contracts.JOB_PROCESS_CHUNK
+    job = rqjson.fetch(chunk_job_id(batch_id, 4), connection=redis_conn)
+    assert job.args == [batch_id, 4, 5] and job.func_name == contracts.JOB_PROCESS_CHUNK
     status = client.get(f"/api/batch/status/{batch_id}", headers=auth(app)).get_json()["batch"]
     assert status["status"] == "processing" and status["imageCount"] == 6
     assert status["createdAt"].endswith("Z") and "T" in status["createdAt"]  # ISO-8601 UTC, like records
@@ -79,7 +77,7 @@ def test_one_vendors_big_batch_waits_in_its_own_line(app: Flask, client: FlaskCl
                                                      redis_conn: redis.Redis) -> None:
     big = client.post("/api/batch/add-images", json={"projectId": "p", "images": images(40)}, headers=auth(app))
     assert big.status_code == 202
-    queue = Queue(contracts.face_detection_queue(5), connection=redis_conn)
+    queue = rqjson.queue(contracts.face_detection_queue(5), connection=redis_conn)
     assert queue.count == 2  # batch_vendor_concurrency: the other 8 chunks are held by RQ's RateLimit
     small = client.post("/api/batch/add-images", json={"projectId": "p", "images": images(1, "b")},
                         headers=auth(app, "globex"))
@@ -94,7 +92,7 @@ def test_higher_priority_goes_to_a_queue_workers_read_first(app: Flask, client: 
     urgent = client.post("/api/batch/add-images", json={"projectId": "p", "priority": "10", "images": images(4, "u")},
                          headers=auth(app)).get_json()
     assert contracts.FACE_DETECTION_QUEUES[0] == contracts.face_detection_queue(10)
-    assert Queue(contracts.face_detection_queue(10), connection=redis_conn).job_ids == [
+    assert rqjson.queue(contracts.face_detection_queue(10), connection=redis_conn).job_ids == [
         chunk_job_id(urgent["batchId"], 0)]
 
 
@@ -109,9 +107,9 @@ def test_upload_zip_is_stored_and_ingestion_queued(app: Flask, client: FlaskClie
     stored = tmp_path / "uploads" / "zips" / f"{body['batchId']}.zip"
     assert stored.read_bytes() == data
     assert list((tmp_path / "uploads" / "incoming").iterdir()) == []  # temp part renamed, nothing left
-    ingest = Queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn)
-    job = Job.fetch(ingest.job_ids[0], connection=redis_conn)
-    assert job.args == (body["batchId"], str(stored))
+    ingest = rqjson.queue(contracts.QUEUE_BATCH_INGESTION, connection=redis_conn)
+    job = rqjson.fetch(ingest.job_ids[0], connection=redis_conn)
+    assert job.args == [body["batchId"], str(stored)]
 
 
 def test_upload_errors(app: Flask, client: FlaskClient, tmp_path: Path) -> None:
@@ -156,7 +154,7 @@ def test_add_images_validation(app: Flask, client: FlaskClient, body: dict[str, 
                                redis_conn: redis.Redis) -> None:
     full = {"projectId": "p", **body}
     assert_error(client.post("/api/batch/add-images", json=full, headers=auth(app)), 400, "VALIDATION_ERROR", field)
-    assert all(Queue(name, connection=redis_conn).count == 0 for name in contracts.FACE_DETECTION_QUEUES)
+    assert all(rqjson.queue(name, connection=redis_conn).count == 0 for name in contracts.FACE_DETECTION_QUEUES)
 
 
 def test_batches_are_private_to_their_vendor(app: Flask, client: FlaskClient) -> None:

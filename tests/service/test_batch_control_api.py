@@ -16,8 +16,9 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
+from core import rqjson
 from core.batch_outcomes import batch_dir
 from core.batch_plan import chunk_job_id, zip_path
 from core.db.batches import ITEM_COMPLETED, ITEM_FAILED
@@ -71,7 +72,7 @@ def test_cancel_a_waiting_job(app: Flask, client: FlaskClient, redis_conn: redis
     resp = client.delete(f"/api/image-queue/job/{job_id}", headers=auth(app))
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["state"] == "canceled" and resp.get_json()["previousState"] == "waiting"
-    assert Job.fetch(job_id, connection=redis_conn).get_status() == JobStatus.CANCELED
+    assert rqjson.fetch(job_id, connection=redis_conn).get_status() == JobStatus.CANCELED
     record = db.get_record("acme", "rec-1")
     assert record is not None and record["processing_status"] == "canceled"
     assert client.get(f"/api/image-queue/job/{job_id}", headers=auth(app)).get_json()["state"] == "canceled"
@@ -84,7 +85,7 @@ def test_cancel_refuses_finished_jobs_and_hides_other_vendors(app: Flask, client
     job_id = queue_crop(app, client)
     assert_error(client.delete(f"/api/image-queue/job/{job_id}", headers=auth(app, "globex")), 404, "JOB_NOT_FOUND")
     assert_error(client.delete("/api/image-queue/job/nope", headers=auth(app)), 404, "JOB_NOT_FOUND")
-    job = Job.fetch(job_id, connection=redis_conn)
+    job = rqjson.fetch(job_id, connection=redis_conn)
     job.set_status(JobStatus.FINISHED)
     body = assert_error(client.delete(f"/api/image-queue/job/{job_id}", headers=auth(app)), 409,
                         "JOB_NOT_CANCELABLE")
@@ -99,7 +100,7 @@ def test_cancel_an_active_job_sends_rq_the_stop_command(app: Flask, client: Flas
     from rq.command import PUBSUB_CHANNEL_TEMPLATE
 
     job_id = queue_crop(app, client, "rec-active")
-    job = Job.fetch(job_id, connection=redis_conn)
+    job = rqjson.fetch(job_id, connection=redis_conn)
     job.worker_name = "worker-7"
     job.save()
     job.set_status(JobStatus.STARTED)
@@ -148,7 +149,7 @@ def test_cancel_a_queued_zip_batch_removes_its_upload(app: Flask, client: FlaskC
     resp = client.post(f"/api/batch/{batch_id}/cancel", headers=auth(app))
     assert resp.status_code == 200 and resp.get_json()["batch"]["status"] == "canceled"
     assert not zip_path(upload_dir, batch_id).exists()
-    assert Job.fetch(f"{batch_id}-ingest", connection=redis_conn).get_status() == JobStatus.CANCELED
+    assert rqjson.fetch(f"{batch_id}-ingest", connection=redis_conn).get_status() == JobStatus.CANCELED
 
 
 def test_a_finished_batch_cannot_be_canceled(app: Flask, client: FlaskClient, db: Database) -> None:
@@ -237,7 +238,7 @@ def test_remove_bg_batches_validate_their_options(app: Flask, client: FlaskClien
     batch_id = resp.get_json()["batchId"]
     status = client.get(f"/api/batch/status/{batch_id}", headers=auth(app)).get_json()["batch"]
     assert status["operation"] == "removeBg"
-    job = Job.fetch(chunk_job_id(batch_id, 0), connection=redis_conn)
+    job = rqjson.fetch(chunk_job_id(batch_id, 0), connection=redis_conn)
     # Its own RateLimit key, with the smaller BATCH_REMBG_CONCURRENCY.
     assert job.rate_limit_key is not None and "removeBg" in job.rate_limit_key
     assert job.rate_limit_concurrency == app.extensions["image_queue"].settings.batch_rembg_concurrency
@@ -292,7 +293,7 @@ def test_id_photo_batches_carry_their_spec(app: Flask, client: FlaskClient, redi
                              "options": {"spec": "us", "background": "lightgrey"}})
     assert resp.status_code == 202 and resp.get_json()["operation"] == "idPhoto"
     batch_id = resp.get_json()["batchId"]
-    job = Job.fetch(chunk_job_id(batch_id, 0), connection=redis_conn)
+    job = rqjson.fetch(chunk_job_id(batch_id, 0), connection=redis_conn)
     assert job.rate_limit_key is not None and "removeBg" in job.rate_limit_key, "bounded like rembg batches"
     batch = app.extensions["image_queue"].db.get_batch(batch_id)
     assert batch["options"]["spec"]["name"] == "us" and batch["options"]["background"] == "#e0e0e0"

@@ -9,8 +9,8 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq.job import Job
 
+from core import rqjson
 from tests.service.apps import vendor_app
 from tests.service.test_api import assert_error
 
@@ -48,7 +48,7 @@ def test_a_photo_sent_as_a_file_is_kept_for_its_job(app: Flask, client: FlaskCli
     resp = send(app, client, "crop-face-queue", JPEG, mode="square", options='{"format": "png"}')
     assert resp.status_code == 202, resp.get_json()  # type: ignore[attr-defined]
     job_id = resp.get_json()["jobId"]  # type: ignore[attr-defined]
-    job = Job.fetch(job_id, connection=redis_conn)
+    job = rqjson.fetch(job_id, connection=redis_conn)
     assert job.kwargs["payload"]["photoUrl"] == f"upload:{job_id}.jpg"
     assert job.kwargs["payload"]["options"]["format"] == "png"
     assert photos(tmp_path) == [f"{job_id}.jpg"]

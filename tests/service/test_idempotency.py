@@ -15,10 +15,8 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.db.database import Database
 from service import idempotency
 from service.webhooks import create_webhook_secret
@@ -57,7 +55,7 @@ def crop(record: str = "rec-1", **extra: Any) -> dict[str, Any]:
 
 
 def queued_jobs(redis_conn: redis.Redis, queue: str = contracts.QUEUE_FACE_CROP) -> list[str]:
-    return Queue(queue, connection=redis_conn).job_ids
+    return rqjson.queue(queue, connection=redis_conn).job_ids
 
 
 def test_every_image_queue_and_batch_post_route_is_idempotent(app: Flask) -> None:
@@ -179,12 +177,12 @@ def test_callback_url_goes_into_every_job_of_a_request(app: Flask, client: Flask
                                                        redis_conn: redis.Redis) -> None:
     single = client.post("/api/image-queue/crop-face-queue", json=crop(callbackUrl=HOOK), headers=headers(app))
     assert single.status_code == 202, single.get_json()
-    assert Job.fetch(single.get_json()["jobId"], connection=redis_conn).kwargs["payload"]["callbackUrl"] == HOOK
+    assert rqjson.fetch(single.get_json()["jobId"], connection=redis_conn).kwargs["payload"]["callbackUrl"] == HOOK
     bulk = client.post("/api/image-queue/bulk-remove-bg", headers=headers(app), json={
         "recordIds": ["a", "b"], "projectId": "p1", "photoUrls": [URL, URL], "callbackUrl": HOOK})
     assert bulk.status_code == 202, bulk.get_json()
     for job_id in bulk.get_json()["jobIds"]:
-        assert Job.fetch(job_id, connection=redis_conn).kwargs["payload"]["callbackUrl"] == HOOK
+        assert rqjson.fetch(job_id, connection=redis_conn).kwargs["payload"]["callbackUrl"] == HOOK
     status = client.get(f"/api/image-queue/job/{single.get_json()['jobId']}", headers=headers(app)).get_json()
     assert status["webhook"] == {"url": HOOK, "state": "pending", "event": None, "eventId": None, "attempts": 0}
     plain = client.post("/api/image-queue/crop-face-queue", json=crop("rec-2"), headers=headers(app)).get_json()

@@ -19,9 +19,8 @@ import redis
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue
 
-from core import contracts
+from core import contracts, rqjson
 from core.db.database import Database, connect
 from service import create_app, limits
 from service.auth import create_api_key
@@ -117,7 +116,7 @@ def test_processing_limit_answers_json_429_with_headers(api_factory: Any, redis_
     assert "3 per 1 hour" in body["error"]["message"]
     # The refused request did nothing: no record row, no job.
     assert api.db.get_record("acme", "rec-refused") is None
-    assert Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 3
+    assert rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).count == 3
 
 
 def test_every_route_counts_against_its_categories(api_factory: Any, redis_conn: redis.Redis) -> None:

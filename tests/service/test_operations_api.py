@@ -21,9 +21,8 @@ import pytest
 import redis
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
-from rq import Queue
 
-from core import contracts, metrics
+from core import contracts, metrics, rqjson
 from core.config import Settings
 from core.db.database import connect
 from core.logs import job_context, logging_config
@@ -97,7 +96,7 @@ def test_dashboard_needs_the_admin_credentials(make_app: Any) -> None:
 
 def test_dashboard_reads_our_redis_and_is_not_rate_limited(make_app: Any, redis_conn: redis.Redis) -> None:
     app = make_app(admin_password=PASSWORD, admin_username="ops", rate_limit_global="2/hour")
-    Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).enqueue("os.getpid")
+    rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).enqueue("os.getpid")
     client = app.test_client()
     for _ in range(5):  # the page polls every 2.5 s; the global per-IP limit must not apply
         resp = client.get("/rq/0/data/queues.json", headers=basic("ops", PASSWORD))
@@ -105,6 +104,37 @@ def test_dashboard_reads_our_redis_and_is_not_rate_limited(make_app: Any, redis_
     queues = {queue["name"]: queue["count"] for queue in resp.get_json()["queues"]}
     assert queues == {contracts.QUEUE_FACE_CROP: 1}
     assert not [key for key in redis_conn.scan_iter("LIMITS:*")], "dashboard requests were counted"
+
+
+def test_dashboard_shows_a_json_job(make_app: Any, redis_conn: redis.Redis) -> None:
+    """rq-dashboard reads jobs with our JSON serializer (with pickle it fails to decode them)."""
+    app = make_app(admin_password=PASSWORD, admin_username="ops")
+    job = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn).enqueue(
+        contracts.JOB_CROP_FACE, kwargs={"payload": {"vendorId": "v1"}}, meta={"vendor_id": "v1"})
+    resp = app.test_client().get(f"/rq/0/data/job/{job.id}.json", headers=basic("ops", PASSWORD))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.get_json()["description"] == f"{contracts.JOB_CROP_FACE}(payload={{'vendorId': 'v1'}})"
+
+
+def test_rq_cli_reads_our_queues(redis_url: str, redis_conn: redis.Redis) -> None:
+    """`rq info` (counts) and `rq requeue -S json` (reads jobs) work on JSON jobs, as docs/operations.md says."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rq_cli = str(Path(sys.executable).with_name("rq"))
+    queue = rqjson.queue(contracts.QUEUE_WEBHOOKS, connection=redis_conn)
+    job = queue.enqueue("builtins.len", 3)
+    info = subprocess.run([rq_cli, "info", "--url", redis_url, "--only-queues", contracts.QUEUE_WEBHOOKS],
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0 and "1 queues, 1 jobs total" in info.stdout, info.stdout + info.stderr
+    job.set_status("failed")
+    queue.failed_job_registry.add(job, ttl=600)
+    queue.remove(job)
+    requeue = subprocess.run([rq_cli, "requeue", "--url", redis_url, "-S", rqjson.CLI_SERIALIZER, "--queue",
+                              contracts.QUEUE_WEBHOOKS, "--all"], capture_output=True, text=True, timeout=60)
+    assert requeue.returncode == 0, requeue.stdout + requeue.stderr
+    assert queue.job_ids == [job.id]
 
 
 def test_metrics_accepts_the_token_or_the_admin(make_app: Any) -> None:
@@ -140,7 +170,7 @@ def test_request_id_is_echoed_or_made(make_app: Any) -> None:
 
 
 def _job(redis_conn: redis.Redis, queue: str, func: str, seconds: float, vendor: str = "acme") -> Any:
-    job = Queue(queue, connection=redis_conn).enqueue(func, kwargs={"payload": {"vendorId": vendor}},
+    job = rqjson.queue(queue, connection=redis_conn).enqueue(func, kwargs={"payload": {"vendorId": vendor}},
                                                       meta={"vendor_id": vendor})
     job.started_at = datetime.now(UTC) - timedelta(seconds=seconds)
     job.ended_at = datetime.now(UTC)
@@ -225,7 +255,7 @@ def test_json_log_lines_carry_the_request_context(make_app: Any) -> None:
 
 
 def test_json_log_lines_carry_the_job_context(redis_conn: redis.Redis) -> None:
-    job = Queue("face-detection-5", connection=redis_conn).enqueue(
+    job = rqjson.queue("face-detection-5", connection=redis_conn).enqueue(
         "os.getpid", meta={"vendor_id": "acme", "batch_id": "b1"})
     log = logging.getLogger("jobs.test")
 
@@ -251,7 +281,7 @@ def test_log_settings_are_checked() -> None:
 
 def test_dashboard_actions_only_from_its_own_page(make_app: Any, redis_conn: redis.Redis) -> None:
     client = make_app(admin_password=PASSWORD).test_client()
-    queue = Queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
+    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis_conn)
     job = queue.enqueue("os.getpid")
     delete = f"/rq/job/{job.id}/delete"
     for headers in ({}, {"Origin": "https://evil.example"}, {"Referer": "http://evil.example/rq/"}):

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import redis
-from rq import Queue
 
+from core import rqjson
 from core.db.database import connect
 from core.redis_urls import dashboard_url, parse_sentinel, redis_client, rq_settings
 from service import create_app
@@ -147,7 +147,7 @@ def test_rediss_serves_the_api_and_limiter_behind_the_breaker(
     backends = app.extensions["image_queue"]
     assert backends.redis.connection_pool.connection_class is GuardedSSLConnection
     plain_client = redis_client(url)
-    assert Queue("face-crop", connection=plain_client).count == 1
+    assert rqjson.queue("face-crop", connection=plain_client).count == 1
     plain_client.close()
     os.kill(server.pid, signal.SIGSTOP)  # a frozen Redis: TLS records go unanswered
     try:
@@ -238,11 +238,11 @@ def test_sentinel_serves_the_api_limiter_and_workers_and_follows_a_failover(sent
     resp = client.post("/api/image-queue/crop-face-queue", json=BODY, headers={"X-API-Key": key})
     assert resp.status_code == 202 and resp.headers["RateLimit-Remaining"] == "99", resp.get_json()
     master = sentinel.direct(sentinel.master_port)
-    assert Queue("face-crop", connection=master).count == 1  # queued on the master the sentinel named
+    assert rqjson.queue("face-crop", connection=master).count == 1  # queued on the master the sentinel named
     assert any(k.startswith(b"LIMITS:LIMITER/image-queue/vendor:acme/") for k in master.keys("LIMITS:*"))
 
     # A worker started like the Procfile's, on the sentinel URL, runs a job from the master.
-    job = Queue("webhooks", connection=master).enqueue("builtins.len", [1, 2, 3])
+    job = rqjson.queue("webhooks", connection=master).enqueue("builtins.len", [1, 2, 3])
     env = {**os.environ, "REDIS_URL": sentinel.url, "IQ_SKIP_PRELOAD": "1", "PYTHONPATH": str(ROOT),
            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
     rq = Path(sys.executable).parent / "rq"
@@ -269,5 +269,6 @@ def test_sentinel_serves_the_api_limiter_and_workers_and_follows_a_failover(sent
         time.sleep(0.5)
     assert resp.status_code == 202, resp.get_json()
     new_master = sentinel.direct(sentinel.replica_port)
-    assert Queue("face-crop", connection=new_master).count == 2  # the first job was replicated, the second is new
+    # the first job was replicated, the second is new
+    assert rqjson.queue("face-crop", connection=new_master).count == 2
     app.extensions["image_queue"].close()

@@ -12,10 +12,8 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue
-from rq.job import Job
 
-from core import contracts
+from core import contracts, rqjson
 from core.contracts import InvalidField, RemoveBgOptions, remove_bg_options_from_dict, validate_remove_bg_options
 from core.db.database import connect
 from service import create_app
@@ -62,14 +60,14 @@ def test_remove_bg_queue_enqueues_on_the_background_removal_queue(app: Flask, cl
     assert body["message"] == "Background removal job queued for processing"
     assert body["estimatedSeconds"] > 0 and "seconds" in body["estimatedTime"]
     assert body["statusUrl"] == f"/api/image-queue/job/{body['jobId']}"
-    job = Job.fetch(body["jobId"], connection=redis_conn)
+    job = rqjson.fetch(body["jobId"], connection=redis_conn)
     assert job.func_name == contracts.JOB_REMOVE_BACKGROUND == "jobs.tasks.remove_background"
     assert job.origin == contracts.QUEUE_BACKGROUND_REMOVAL
     assert job.retries_left == 3 and job.timeout == 60
     assert job.kwargs["payload"] == {
         "vendorId": "acme", "projectId": "proj-1", "recordId": "rec-1", "photoUrl": URL,
         "options": {"model": "u2netp", "bgColor": "#ffffff", "onlyMask": False, "alphaMatting": True}}
-    assert Queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=redis_conn).count == 1
+    assert rqjson.queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=redis_conn).count == 1
     row = connect(app.config["DB_URL"]).get_record("acme", "rec-1")
     assert row is not None and row["processing_status"] == "queued" and row["job_kind"] == "remove_bg"
     assert row["current_job_id"] == body["jobId"]
@@ -82,8 +80,8 @@ def test_bulk_remove_bg_queues_one_job_per_record(app: Flask, client: FlaskClien
     body = resp.get_json()
     assert body["count"] == 3 and body["recordIds"] == ["a", "b", "c"] and len(set(body["jobIds"])) == 3
     assert body["message"] == "3 background removal jobs queued for processing" and body["estimatedTime"]
-    assert Queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=redis_conn).count == 3
-    job = Job.fetch(body["jobIds"][1], connection=redis_conn)
+    assert rqjson.queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=redis_conn).count == 3
+    job = rqjson.fetch(body["jobIds"][1], connection=redis_conn)
     assert job.kwargs["payload"]["recordId"] == "b" and job.kwargs["payload"]["options"]["onlyMask"] is True
 
 
@@ -111,7 +109,7 @@ def test_bad_requests_answer_400_naming_the_field_and_queue_nothing(
     assert resp.status_code == 400, resp.get_json()
     error = resp.get_json()["error"]
     assert error["details"]["field"] == field, error
-    assert Queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=redis_conn).count == 0
+    assert rqjson.queue(contracts.QUEUE_BACKGROUND_REMOVAL, connection=redis_conn).count == 0
 
 
 def test_remove_bg_needs_an_api_key(client: FlaskClient) -> None:

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
-from rq import Queue, SimpleWorker
-from rq.job import Job
+from rq import SimpleWorker
 
-from core import contracts, model_files
+from core import contracts, model_files, rqjson
 from core.contracts import CropOptions, FoundFace, InvalidField, crop_options_from_dict, validate_crop_options
 from jobs import context as worker_context
 from jobs.imaging import face_crop
@@ -87,7 +86,8 @@ def crop(app: Flask, photos: PhotoServer, record_id: str, mode: str, options: di
 
 
 def run_jobs(redis_conn: redis.Redis, *queues: str) -> None:
-    SimpleWorker([Queue(name, connection=redis_conn) for name in queues], connection=redis_conn).work(burst=True)
+    SimpleWorker([rqjson.queue(name, connection=redis_conn) for name in queues], connection=redis_conn,
+                 serializer=rqjson.SERIALIZER).work(burst=True)
 
 
 @pytest.mark.parametrize(("path", "body"), [
@@ -110,11 +110,11 @@ def test_single_jobs_use_the_requested_detector(app: Flask, photos: PhotoServer,
     haar_id = crop(app, photos, "r-haar", "passport", {"detector": "haar"})
     yunet_id = crop(app, photos, "r-yunet", "passport", {"detector": "yunet"})
     default_id = crop(app, photos, "r-default", "square", None)
-    assert Job.fetch(haar_id, connection=redis_conn).kwargs["payload"]["options"]["detector"] == "haar"
+    assert rqjson.fetch(haar_id, connection=redis_conn).kwargs["payload"]["options"]["detector"] == "haar"
     run_jobs(redis_conn, contracts.QUEUE_FACE_CROP)
-    haar = Job.fetch(haar_id, connection=redis_conn).return_value()
-    yunet = Job.fetch(yunet_id, connection=redis_conn).return_value()
-    default = Job.fetch(default_id, connection=redis_conn).return_value()
+    haar = rqjson.fetch(haar_id, connection=redis_conn).return_value()
+    yunet = rqjson.fetch(yunet_id, connection=redis_conn).return_value()
+    default = rqjson.fetch(default_id, connection=redis_conn).return_value()
     assert haar["detector"] == "haar" and haar["rollDegrees"] is None
     assert haar["faces"][0]["landmarks"] is None and haar["faces"][0]["score"] is None
     assert yunet["detector"] == "yunet" and yunet["rollDegrees"] is not None
@@ -131,8 +131,8 @@ def test_face_detector_setting_is_the_default(app: Flask, photos: PhotoServer, r
     plain = crop(app, photos, "r1", "square", None)
     asked = crop(app, photos, "r2", "square", {"detector": "yunet"})
     run_jobs(redis_conn, contracts.QUEUE_FACE_CROP)
-    assert Job.fetch(plain, connection=redis_conn).return_value()["detector"] == "haar"
-    assert Job.fetch(asked, connection=redis_conn).return_value()["detector"] == "yunet"
+    assert rqjson.fetch(plain, connection=redis_conn).return_value()["detector"] == "haar"
+    assert rqjson.fetch(asked, connection=redis_conn).return_value()["detector"] == "yunet"
 
 
 def test_batches_use_the_requested_detector(app: Flask, photos: PhotoServer, redis_conn: redis.Redis,
