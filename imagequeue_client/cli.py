@@ -282,6 +282,12 @@ def cmd_records(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_usage(client: Client, args: argparse.Namespace) -> int:
+    """usage: your counts per operation and the rate limits left now (JSON)."""
+    _print(client.usage(project_id=args.project))
+    return EXIT_OK
+
+
 def cmd_batch_list(client: Client, args: argparse.Namespace) -> int:
     """batch list: the vendor's batches, newest first (JSON lines)."""
     for count, batch in enumerate(client.iter_batches(project_id=args.project, status=args.status), start=1):
@@ -412,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     records = commands.add_parser("records", parents=[common], help="list your records (JSON lines)")
     list_options(records)
     records.set_defaults(handler=cmd_records)
+    usage = commands.add_parser("usage", parents=[common],
+                                help="your counts per operation and the rate limits left now")
+    usage.add_argument("--project", help="only this projectId's counts")
+    usage.set_defaults(handler=cmd_usage)
     batch = commands.add_parser("batch", parents=[common], help="list, cancel, download batches")
     batch_commands = batch.add_subparsers(dest="batch_command", required=True, metavar="BATCH_COMMAND")
     listing = batch_commands.add_parser("list", parents=[common], help="list your batches (JSON lines)")

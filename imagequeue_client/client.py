@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin
@@ -127,16 +127,30 @@ class Client:
     def _single(self, path: str, fields: dict[str, Any], file: str | os.PathLike[str] | None,
                 wait: float | None, idempotency_key: str | None) -> dict[str, Any]:
         """POST a single job: JSON with photoUrl, or a multipart form with the photo file itself."""
+        return self._post_photos(path, fields, "photoUrl", [file] if file is not None else None, wait,
+                                 idempotency_key)
+
+    def _bulk(self, path: str, fields: dict[str, Any], files: Sequence[str | os.PathLike[str]] | None,
+              wait: float | None, idempotency_key: str | None) -> dict[str, Any]:
+        """POST a bulk request: JSON with photoUrls, or a multipart form with the photos as ``files[]``."""
+        return self._post_photos(path, fields, "photoUrls", files, wait, idempotency_key)
+
+    def _post_photos(self, path: str, fields: dict[str, Any], url_field: str,
+                     files: Sequence[str | os.PathLike[str]] | None, wait: float | None,
+                     idempotency_key: str | None) -> dict[str, Any]:
         if wait is not None:
             fields["wait"] = wait
-        if file is None:
+        if not files:
             return self._json("POST", path, idempotency_key=idempotency_key, json_body=self._body(fields))
-        fields.pop("photoUrl", None)
-        form = {name: json.dumps(value) if isinstance(value, Mapping) else str(value)
+        fields.pop(url_field, None)
+        form = {name: json.dumps(value) if isinstance(value, Mapping | list) else str(value)
                 for name, value in self._body(fields).items()}
+        part = "file" if url_field == "photoUrl" else "files[]"
+        first, *rest = files
 
         def body() -> MultipartFile:
-            return MultipartFile(form, "file", file, content_type="application/octet-stream")
+            return MultipartFile(form, part, first, content_type="application/octet-stream",
+                                 more_files=[(part, more) for more in rest])
 
         return self._json("POST", path, body=body, idempotency_key=idempotency_key)
 
@@ -154,14 +168,20 @@ class Client:
                             {"recordId": record_id, "projectId": project_id, "photoUrl": photo_url, "mode": mode,
                              "options": options, "callbackUrl": callback_url}, file, wait, idempotency_key)
 
-    def bulk_crop_face(self, record_ids: list[str], project_id: str, photo_urls: list[str], mode: str = "square", *,
-                       options: Mapping[str, Any] | None = None, callback_url: str | None = None,
-                       idempotency_key: str | None = None) -> dict[str, Any]:
-        """Queue face crops for parallel lists of records and photo URLs; returns {jobIds, ...}."""
-        return self._json("POST", "/api/image-queue/bulk-crop-face", idempotency_key=idempotency_key,
-                          json_body=self._body({"recordIds": record_ids, "projectId": project_id,
-                                                "photoUrls": photo_urls, "mode": mode, "options": options,
-                                                "callbackUrl": callback_url}))
+    def bulk_crop_face(self, record_ids: list[str], project_id: str, photo_urls: list[str] | None = None,
+                       mode: str = "square", *, options: Mapping[str, Any] | None = None,
+                       callback_url: str | None = None, idempotency_key: str | None = None,
+                       files: Sequence[str | os.PathLike[str]] | None = None,
+                       wait: float | None = None) -> dict[str, Any]:
+        """Queue face crops for parallel lists of records and photo URLs; returns {jobIds, ...}.
+
+        ``files``: the photos themselves, one per record in order, instead of ``photo_urls``.
+        ``wait`` (seconds, at most 30): the answer is {jobs: [finished job, ...]} when every job
+        completes in time, else the usual {jobIds, ...}.
+        """
+        return self._bulk("/api/image-queue/bulk-crop-face",
+                          {"recordIds": record_ids, "projectId": project_id, "photoUrls": photo_urls, "mode": mode,
+                           "options": options, "callbackUrl": callback_url}, files, wait, idempotency_key)
 
     def remove_background(self, record_id: str, project_id: str, photo_url: str | None = None, *,
                           options: Mapping[str, Any] | None = None, callback_url: str | None = None,
@@ -172,14 +192,16 @@ class Client:
                             {"recordId": record_id, "projectId": project_id, "photoUrl": photo_url,
                              "options": options, "callbackUrl": callback_url}, file, wait, idempotency_key)
 
-    def bulk_remove_background(self, record_ids: list[str], project_id: str, photo_urls: list[str], *,
-                               options: Mapping[str, Any] | None = None, callback_url: str | None = None,
-                               idempotency_key: str | None = None) -> dict[str, Any]:
-        """Queue background removals for parallel lists of records and photo URLs; returns {jobIds, ...}."""
-        return self._json("POST", "/api/image-queue/bulk-remove-bg", idempotency_key=idempotency_key,
-                          json_body=self._body({"recordIds": record_ids, "projectId": project_id,
-                                                "photoUrls": photo_urls, "options": options,
-                                                "callbackUrl": callback_url}))
+    def bulk_remove_background(self, record_ids: list[str], project_id: str, photo_urls: list[str] | None = None,
+                               *, options: Mapping[str, Any] | None = None, callback_url: str | None = None,
+                               idempotency_key: str | None = None,
+                               files: Sequence[str | os.PathLike[str]] | None = None,
+                               wait: float | None = None) -> dict[str, Any]:
+        """Queue background removals for parallel lists of records and photo URLs (or ``files``); as
+        bulk_crop_face."""
+        return self._bulk("/api/image-queue/bulk-remove-bg",
+                          {"recordIds": record_ids, "projectId": project_id, "photoUrls": photo_urls,
+                           "options": options, "callbackUrl": callback_url}, files, wait, idempotency_key)
 
     def id_photo(self, record_id: str, project_id: str, photo_url: str | None = None,
                  spec: str | Mapping[str, Any] = "icao", *, options: Mapping[str, Any] | None = None,
@@ -194,14 +216,16 @@ class Client:
                             {"recordId": record_id, "projectId": project_id, "photoUrl": photo_url, "spec": spec,
                              "options": options, "callbackUrl": callback_url}, file, wait, idempotency_key)
 
-    def bulk_id_photo(self, record_ids: list[str], project_id: str, photo_urls: list[str],
+    def bulk_id_photo(self, record_ids: list[str], project_id: str, photo_urls: list[str] | None = None,
                       spec: str | Mapping[str, Any] = "icao", *, options: Mapping[str, Any] | None = None,
-                      callback_url: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
-        """Queue ID photos for parallel lists of records and photo URLs, one spec for all; returns {jobIds, ...}."""
-        return self._json("POST", "/api/image-queue/bulk-id-photo", idempotency_key=idempotency_key,
-                          json_body=self._body({"recordIds": record_ids, "projectId": project_id,
-                                                "photoUrls": photo_urls, "spec": spec, "options": options,
-                                                "callbackUrl": callback_url}))
+                      callback_url: str | None = None, idempotency_key: str | None = None,
+                      files: Sequence[str | os.PathLike[str]] | None = None,
+                      wait: float | None = None) -> dict[str, Any]:
+        """Queue ID photos for parallel lists of records and photo URLs (or ``files``), one spec for all;
+        as bulk_crop_face."""
+        return self._bulk("/api/image-queue/bulk-id-photo",
+                          {"recordIds": record_ids, "projectId": project_id, "photoUrls": photo_urls, "spec": spec,
+                           "options": options, "callbackUrl": callback_url}, files, wait, idempotency_key)
 
     def job(self, job_id: str) -> dict[str, Any]:
         """A job's status: state, progress, data, result or error, attempts, webhook."""
@@ -210,6 +234,11 @@ class Client:
     def record(self, record_id: str) -> dict[str, Any]:
         """A record's row: status, outputUrl, face fields, error."""
         return self._json("GET", f"/api/image-queue/record/{quote(record_id, safe='')}")["record"]
+
+    def usage(self, project_id: str | None = None) -> dict[str, Any]:
+        """This vendor's counts per operation (single jobs by status, batches and their images) and its
+        rate limits with what is left now in each window (GET /api/usage)."""
+        return self._json("GET", "/api/usage", params={"projectId": project_id} if project_id else None)
 
     def queue_stats(self) -> dict[str, Any]:
         """waiting/active/completed/failed/delayed of the single-job queues."""

@@ -16,23 +16,33 @@ def _quote(value: str) -> str:
 
 
 class MultipartFile:
-    """File-like body (``read``, ``len``) of form fields plus one file, with upload progress."""
+    """File-like body (``read``, ``len``) of form fields plus files, with upload progress.
+
+    ``file_field``/``path`` name one file; ``more_files`` adds further (field, path) parts, in
+    order (a bulk request's ``files[]``). Each file is opened only while it is being sent.
+    """
 
     def __init__(self, fields: dict[str, str], file_field: str, path: str | os.PathLike[str], *,
                  content_type: str = "application/octet-stream",
-                 on_progress: Callable[[int, int], None] | None = None) -> None:
+                 on_progress: Callable[[int, int], None] | None = None,
+                 more_files: list[tuple[str, str | os.PathLike[str]]] | None = None) -> None:
         self.boundary = uuid.uuid4().hex  # fixed length: the same upload always has the same size
-        self.path = Path(path)
+        parts = [(file_field, Path(path)), *((name, Path(more)) for name, more in (more_files or []))]
+        self.path = parts[0][1]
         head = b""
         for name, value in fields.items():
             head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
                      ).encode() + value.encode("utf-8") + b"\r\n"
-        head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(file_field)}"; '
-                 f'filename="{_quote(self.path.name)}"\r\nContent-Type: {content_type}\r\n\r\n').encode()
-        self._head = head
+        self._segments: list[bytes | Path] = []
+        for index, (name, file_path) in enumerate(parts):
+            if index:
+                head = b"\r\n"  # ends the previous file's part
+            head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"; '
+                     f'filename="{_quote(file_path.name)}"\r\nContent-Type: {content_type}\r\n\r\n').encode()
+            self._segments += [head, file_path]  # a Path: the file's bytes, read when reached
         self._tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self._size = len(head) + self.path.stat().st_size + len(self._tail)
-        self._segments: list[bytes | None] = [head, None, self._tail]  # None: the file
+        self._segments.append(self._tail)
+        self._size = sum(len(seg) if isinstance(seg, bytes) else seg.stat().st_size for seg in self._segments)
         self._index = self._offset = self._sent = 0
         self._file: IO[bytes] | None = None
         self._on_progress = on_progress
@@ -51,12 +61,13 @@ class MultipartFile:
         out = bytearray()
         while len(out) < want and self._index < len(self._segments):
             segment = self._segments[self._index]
-            if segment is None:
+            if isinstance(segment, Path):
                 if self._file is None:
-                    self._file = open(self.path, "rb")  # noqa: SIM115 (closed at its end or by close())
+                    self._file = open(segment, "rb")  # noqa: SIM115 (closed at its end or by close())
                 chunk = self._file.read(want - len(out))
                 if not chunk:
                     self._file.close()
+                    self._file = None
                     self._index += 1
                     continue
             else:

@@ -51,10 +51,12 @@ def create_app(overrides: dict[str, Any] | Settings | None = None) -> Flask:
     from service.health import bp as health_bp
     from service.image_queue import bp as image_queue_bp
     from service.openapi.docs import bp as docs_bp
+    from service.usage import bp as usage_bp
 
     app.request_class = UploadRequest  # ZIP uploads stream to UPLOAD_DIR, never into memory
     app.register_blueprint(image_queue_bp)
     app.register_blueprint(batch_bp)
+    app.register_blueprint(usage_bp)  # /api/usage: counts per operation and rate limits left
     app.register_blueprint(health_bp)
     app.register_blueprint(admin_bp)  # /api/admin/*: dead letters, admin credentials
     app.register_blueprint(docs_bp)  # /api/openapi.json and /api/docs

@@ -102,9 +102,11 @@ def fingerprint(max_upload_bytes: int) -> str:
             basis = b"too large"  # the view refuses it with 413 without reading it
         else:
             request.max_content_length = max_upload_bytes  # reads the upload as the view would (UploadRequest)
-            parts = [f"{name}={value}" for name, value in sorted(request.form.items(multi=True))]
+            # str(): a malformed part may come with no name (None), which sorts against no string.
+            parts = [f"{name}={value}" for name, value in sorted(request.form.items(multi=True),
+                                                                   key=lambda item: (str(item[0]), str(item[1])))]
             parts += [f"{name}:{upload.filename}:{_file_digest(upload.stream)}"
-                      for name, upload in sorted(request.files.items(multi=True), key=lambda item: item[0])]
+                      for name, upload in sorted(request.files.items(multi=True), key=lambda item: str(item[0]))]
             basis = "\n".join(parts).encode()
     else:
         data = request.get_data(cache=True)  # cached: the view's json_body() reads it again

@@ -73,11 +73,6 @@ def _submit(queue_name: str, func: str, kind: str, project_id: str, specs: list[
     return {"estimatedTime": jobqueue.describe_estimate(seconds), "estimatedSeconds": round(seconds, 1)}
 
 
-def _crop_payload(vendor_id: str, project_id: str, record_id: str, url: str, mode: str,
-                  options: dict[str, Any]) -> dict[str, Any]:
-    return ImageJobPayload(vendor_id, project_id, record_id, url, options, mode=mode).to_dict()
-
-
 def _accepted(body: dict[str, Any]) -> tuple[Response, int]:
     return jsonify(body), 202
 
@@ -116,10 +111,25 @@ def _queue_single(kind: str, project_id: str, spec: JobSpec, body: dict[str, Any
     })
 
 
-def _queue_bulk(kind: str, project_id: str, specs: list[JobSpec]) -> tuple[Response, int]:
-    """Queue a bulk request's jobs and answer 202 with their ids and the estimate."""
+def _queue_bulk(kind: str, request: _BulkRequest, specs: list[JobSpec]) -> tuple[Response, int]:
+    """Queue a bulk request's jobs and answer 202 with their ids and the estimate (200 with every
+    finished job when ``wait`` was given and all of them finished in time)."""
     queue, func, words = _KINDS[kind]
-    estimate = _submit(queue, func, kind, project_id, specs)
+    wait = direct_upload.wait_seconds(request.body)
+    try:
+        estimate = _submit(queue, func, kind, request.project_id, specs, request.body)
+    except Exception:
+        for spec in specs:
+            direct_upload.discard_stored(backends().settings, spec.payload.get("photoUrl"))
+        raise
+    if wait and jobqueue.worker_count(backends().queue(queue)) > 0:
+        jobs = [jobqueue.fetch_job(backends().redis, spec.job_id, spec.vendor_id) for spec in specs]
+        found = [job for job in jobs if job is not None]
+        finished = direct_upload.finished_jobs(found, wait) if len(found) == len(specs) else None
+        if finished is not None:
+            return jsonify({"success": True, "count": len(specs),
+                            "jobs": [{**view, "jobId": spec.job_id, "recordId": spec.record_id}
+                                     for view, spec in zip(finished, specs, strict=True)]}), 200
     return _accepted({
         "success": True,
         "jobIds": [spec.job_id for spec in specs],
@@ -137,8 +147,8 @@ def _photo(body: dict[str, Any], job_id: str) -> str:
     return field(validate_photo_url, body, "photoUrl")
 
 
-def _single(route: Callable[[], tuple[Response, int]]) -> tuple[Response, int]:
-    """Run a single-job route, then delete any multipart part no job took."""
+def _with_uploads(route: Callable[[], tuple[Response, int]]) -> tuple[Response, int]:
+    """Run a queueing route, then delete any multipart part no job took."""
     try:
         return route()
     finally:
@@ -149,7 +159,7 @@ def _single(route: Callable[[], tuple[Response, int]]) -> tuple[Response, int]:
 @bp.post("/crop-face-queue")
 def crop_face_queue() -> tuple[Response, int]:
     """Queue one face crop (photoUrl in JSON, or the photo as multipart ``file``; optional ``wait``)."""
-    return _single(_crop_face_queue)
+    return _with_uploads(_crop_face_queue)
 
 
 @dataclass(frozen=True)
@@ -188,62 +198,70 @@ def _crop_face_queue() -> tuple[Response, int]:
     return _queue_single_photo(contracts.KIND_FACE_CROP, request, options.to_dict(), mode)
 
 
+@dataclass(frozen=True)
+class _BulkRequest:
+    """A bulk request's owner, project and fields (JSON, or a multipart form with ``files[]``)."""
+
+    vendor_id: str
+    project_id: str
+    body: dict[str, Any]
+
+
+def _bulk_request() -> _BulkRequest:
+    vendor_id = current_vendor()
+    body = direct_upload.form_body(backends().settings, photos=backends().settings.bulk_max_items)
+    check_body_vendor(body, vendor_id)
+    direct_upload.wait_seconds(body)  # a bad wait is a 400 before anything is kept
+    return _BulkRequest(vendor_id, field(validate_id, body, "projectId"), body)
+
+
+def _record_ids(body: dict[str, Any], limit: int) -> list[str]:
+    """The request's recordIds: a non-empty list of valid ids, each once."""
+    record_ids: list[str] = []
+    for index, raw_id in enumerate(list_field(body, "recordIds", max_items=limit)):
+        record_id = validated(validate_id, raw_id, f"recordIds[{index}]")
+        if record_id in record_ids:
+            raise ValidationError(f"recordIds[{index}]", f"repeats {record_id!r}; each record once per request")
+        record_ids.append(record_id)
+    return record_ids
+
+
+def _bulk_specs(request: _BulkRequest, options: dict[str, Any], mode: str | None = None) -> list[JobSpec]:
+    """One job per record of a bulk request, its photo from ``photoUrls`` or the ``files[]`` kept for it.
+    Called once every other field is valid, so photos are kept only for a request that will be queued."""
+    settings = backends().settings
+    record_ids = _record_ids(request.body, settings.bulk_max_items)
+    job_ids = [jobqueue.new_job_id() for _ in record_ids]
+    if direct_upload.is_multipart():
+        urls = direct_upload.store_uploads(settings, job_ids)
+    else:
+        raw_urls = list_field(request.body, "photoUrls", max_items=settings.bulk_max_items)
+        if len(raw_urls) != len(record_ids):
+            raise ValidationError("photoUrls", f"must have as many items as recordIds ({len(record_ids)}), "
+                                               f"has {len(raw_urls)}")
+        urls = [validated(validate_photo_url, raw, f"photoUrls[{index}]") for index, raw in enumerate(raw_urls)]
+    return [JobSpec(job_id, ImageJobPayload(request.vendor_id, request.project_id, record_id, url, options,
+                                            mode=mode).to_dict(), request.vendor_id, record_id)
+            for job_id, record_id, url in zip(job_ids, record_ids, urls, strict=True)]
+
+
 @bp.post("/bulk-crop-face")
 def bulk_crop_face() -> tuple[Response, int]:
-    """Queue face crops for a list of records (at most BULK_MAX_ITEMS)."""
-    vendor_id = current_vendor()
-    limit = backends().settings.bulk_max_items
-    body = json_body()
-    check_body_vendor(body, vendor_id)
-    project_id = field(validate_id, body, "projectId")
-    record_ids = list_field(body, "recordIds", max_items=limit)
-    urls = list_field(body, "photoUrls", max_items=limit)
-    if len(record_ids) != len(urls):
-        raise ValidationError("photoUrls", f"must have as many items as recordIds ({len(record_ids)}), "
-                                           f"has {len(urls)}")
-    mode = field(validate_mode, body, "mode")
-    options = validated(validate_crop_options, mode, body.get("options")).to_dict()
-    seen: set[str] = set()
-    specs = []
-    for index, (raw_id, raw_url) in enumerate(zip(record_ids, urls, strict=True)):
-        record_id = validated(validate_id, raw_id, f"recordIds[{index}]")
-        if record_id in seen:
-            raise ValidationError(f"recordIds[{index}]", f"repeats {record_id!r}; each record once per request")
-        seen.add(record_id)
-        url = validated(validate_photo_url, raw_url, f"photoUrls[{index}]")
-        specs.append(JobSpec(jobqueue.new_job_id(),
-                             _crop_payload(vendor_id, project_id, record_id, url, mode, options),
-                             vendor_id, record_id))
-    return _queue_bulk(contracts.KIND_FACE_CROP, project_id, specs)
+    """Queue face crops for a list of records (at most BULK_MAX_ITEMS; photoUrls, or photos as ``files[]``)."""
+    return _with_uploads(_bulk_crop_face)
 
 
-def _bg_payload(vendor_id: str, project_id: str, record_id: str, url: str,
-                options: dict[str, Any]) -> dict[str, Any]:
-    return ImageJobPayload(vendor_id, project_id, record_id, url, options).to_dict()
-
-
-def _bulk_items(body: dict[str, Any], limit: int) -> list[tuple[str, str]]:
-    """(recordId, photoUrl) pairs of a bulk request: same-length lists, each record once."""
-    record_ids = list_field(body, "recordIds", max_items=limit)
-    urls = list_field(body, "photoUrls", max_items=limit)
-    if len(record_ids) != len(urls):
-        raise ValidationError("photoUrls", f"must have as many items as recordIds ({len(record_ids)}), "
-                                           f"has {len(urls)}")
-    seen: set[str] = set()
-    items = []
-    for index, (raw_id, raw_url) in enumerate(zip(record_ids, urls, strict=True)):
-        record_id = validated(validate_id, raw_id, f"recordIds[{index}]")
-        if record_id in seen:
-            raise ValidationError(f"recordIds[{index}]", f"repeats {record_id!r}; each record once per request")
-        seen.add(record_id)
-        items.append((record_id, validated(validate_photo_url, raw_url, f"photoUrls[{index}]")))
-    return items
+def _bulk_crop_face() -> tuple[Response, int]:
+    request = _bulk_request()
+    mode = field(validate_mode, request.body, "mode")
+    options = validated(validate_crop_options, mode, request.body.get("options")).to_dict()
+    return _queue_bulk(contracts.KIND_FACE_CROP, request, _bulk_specs(request, options, mode))
 
 
 @bp.post("/remove-bg-queue")
 def remove_bg_queue() -> tuple[Response, int]:
     """Queue one background removal (photoUrl in JSON, or the photo as multipart ``file``; optional ``wait``)."""
-    return _single(_remove_bg_queue)
+    return _with_uploads(_remove_bg_queue)
 
 
 def _remove_bg_queue() -> tuple[Response, int]:
@@ -254,18 +272,22 @@ def _remove_bg_queue() -> tuple[Response, int]:
 
 @bp.post("/bulk-remove-bg")
 def bulk_remove_bg() -> tuple[Response, int]:
-    """Queue background removals for a list of records (at most BULK_MAX_ITEMS)."""
-    vendor_id = current_vendor()
-    settings = backends().settings
-    body = json_body()
-    check_body_vendor(body, vendor_id)
-    project_id = field(validate_id, body, "projectId")
-    items = _bulk_items(body, settings.bulk_max_items)
-    options = validated(validate_remove_bg_options, body.get("options"), settings.rembg_models).to_dict()
-    specs = [JobSpec(jobqueue.new_job_id(), _bg_payload(vendor_id, project_id, record_id, url, options),
-                     vendor_id, record_id)
-             for record_id, url in items]
-    return _queue_bulk(contracts.KIND_REMOVE_BG, project_id, specs)
+    """Queue background removals for a list of records (at most BULK_MAX_ITEMS; photoUrls or ``files[]``)."""
+    return _with_uploads(_bulk_remove_bg)
+
+
+def _bulk_remove_bg() -> tuple[Response, int]:
+    request = _bulk_request()
+    options = validated(validate_remove_bg_options, request.body.get("options"), backends().settings.rembg_models)
+    return _queue_bulk(contracts.KIND_REMOVE_BG, request, _bulk_specs(request, options.to_dict()))
+
+
+def _json_field(name: str, text: str) -> Any:
+    """A form field sent as JSON text (a multipart form sends a custom ID-photo spec that way)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValidationError(name, "is not valid JSON") from None
 
 
 def _id_photo_options(body: dict[str, Any]) -> dict[str, Any]:
@@ -277,35 +299,30 @@ def _id_photo_options(body: dict[str, Any]) -> dict[str, Any]:
 @bp.post("/id-photo-queue")
 def id_photo_queue() -> tuple[Response, int]:
     """Queue one ID photo (photoUrl in JSON, or the photo as multipart ``file``; optional ``wait``)."""
-    return _single(_id_photo_queue)
+    return _with_uploads(_id_photo_queue)
 
 
 def _id_photo_queue() -> tuple[Response, int]:
     request = _single_request()
     spec = request.body.get("spec")
     if isinstance(spec, str) and spec.lstrip().startswith("{"):
-        # A multipart form sends a custom spec as a JSON string.
-        try:
-            request = replace(request, body={**request.body, "spec": json.loads(spec)})
-        except ValueError:
-            raise ValidationError("spec", "is not valid JSON") from None
+        request = replace(request, body={**request.body, "spec": _json_field("spec", spec)})
     return _queue_single_photo(contracts.KIND_ID_PHOTO, request, _id_photo_options(request.body))
 
 
 @bp.post("/bulk-id-photo")
 def bulk_id_photo() -> tuple[Response, int]:
-    """Queue ID photos for a list of records (at most BULK_MAX_ITEMS), one spec and options for all."""
-    vendor_id = current_vendor()
-    settings = backends().settings
-    body = json_body()
-    check_body_vendor(body, vendor_id)
-    project_id = field(validate_id, body, "projectId")
-    items = _bulk_items(body, settings.bulk_max_items)
-    options = _id_photo_options(body)
-    specs = [JobSpec(jobqueue.new_job_id(), _bg_payload(vendor_id, project_id, record_id, url, options),
-                     vendor_id, record_id)
-             for record_id, url in items]
-    return _queue_bulk(contracts.KIND_ID_PHOTO, project_id, specs)
+    """Queue ID photos for a list of records (at most BULK_MAX_ITEMS; photoUrls or ``files[]``), one spec
+    and options for all."""
+    return _with_uploads(_bulk_id_photo)
+
+
+def _bulk_id_photo() -> tuple[Response, int]:
+    request = _bulk_request()
+    spec = request.body.get("spec")
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        request = replace(request, body={**request.body, "spec": _json_field("spec", spec)})
+    return _queue_bulk(contracts.KIND_ID_PHOTO, request, _bulk_specs(request, _id_photo_options(request.body)))
 
 
 @bp.get("/job/<job_id>")

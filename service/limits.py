@@ -106,6 +106,7 @@ ENDPOINT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "batch.list_batches": (READS,),
     "batch.batch_cancel": (READS,),
     "batch.batch_results_zip": (READS,),
+    "usage.usage": (READS,),
 }
 # Never limited: operators' probes and monitoring, local output files, the index, the
 # admin's rq-dashboard (/rq polls every 2.5 s; it is behind ADMIN_PASSWORD, service/admin/auth.py),
@@ -284,6 +285,29 @@ def request_plan() -> list[PlannedLimit]:
     return [(item, (KEY_PREFIX, _vendor_key(), category))
             for category in categories_for(request.endpoint or "", request.method)
             for item in parse_many(_vendor_limit(category)())]
+
+
+def vendor_limits_now(vendor_id: str) -> list[dict[str, Any]]:
+    """Each of the vendor's limit categories with its limit, where it comes from, and per window
+    what is left now and when it resets (``GET /api/usage``). Reads the counters; counts nothing.
+    Empty while RATE_LIMIT_ENABLED is off."""
+    state = current_app.extensions.get("rate_limits")
+    if state is None:
+        return []
+    overrides = _vendor_overrides(vendor_id)
+    strategy = state.limiter.limiter
+    found = []
+    for category in VENDOR_CATEGORIES:
+        limit = overrides.get(category) or state.defaults[category]
+        windows = []
+        for item in parse_many(limit):
+            reset_at, remaining = strategy.get_window_stats(item, KEY_PREFIX, f"vendor:{vendor_id}", category)
+            windows.append({"limit": item.amount, "per": f"{item.multiples} {item.GRANULARITY.name}"
+                            + ("s" if item.multiples != 1 else ""),
+                            "remaining": int(remaining), "resetsInSeconds": max(0, math.ceil(reset_at - time.time()))})
+        found.append({"category": category, "limit": limit,
+                      "source": "override" if category in overrides else "default", "windows": windows})
+    return found
 
 
 def _headline(evaluated: list[RequestLimit]) -> RequestLimit:

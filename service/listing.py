@@ -1,4 +1,4 @@
-"""Query arguments shared by the list routes (GET /api/batch, GET /api/image-queue/records)."""
+"""Query arguments shared by the list routes (GET /api/batch, GET /api/image-queue/records) and usage."""
 from __future__ import annotations
 
 from flask import request
@@ -8,15 +8,22 @@ from core.contracts import InvalidField, validate_id
 from service.errors import ValidationError
 
 
-def list_args(statuses: tuple[str, ...]) -> tuple[str | None, str | None, str | None, int]:
-    """(projectId, status, cursor, limit) of the request, each checked (400 names the argument)."""
-    args = request.args
-    project_id = args.get("projectId")
-    if project_id is not None:  # present but empty is a 400 too (an empty id matches nothing)
+def project_arg() -> str | None:
+    """The request's optional ``projectId`` query argument, checked (present but empty is a 400:
+    an empty id matches nothing)."""
+    project_id = request.args.get("projectId")
+    if project_id is not None:
         try:
             validate_id(project_id, "projectId")
         except InvalidField as exc:
             raise ValidationError(exc.field, exc.message) from None
+    return project_id
+
+
+def list_args(statuses: tuple[str, ...]) -> tuple[str | None, str | None, str | None, int]:
+    """(projectId, status, cursor, limit) of the request, each checked (400 names the argument)."""
+    args = request.args
+    project_id = project_arg()
     status = args.get("status")
     if status is not None and status not in statuses:
         raise ValidationError("status", f"must be one of {', '.join(statuses)}")

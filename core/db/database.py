@@ -1,7 +1,7 @@
 """The records database: vendors, API keys, records and batches, on MySQL/MariaDB or SQLite.
 
 ``connect(DATABASE_URL)`` gives a ``Database``: one engine (core/db/engine.py) with the
-repositories joined onto it (schema.py, vendors.py, records.py, batches.py), so callers hold
+repositories joined onto it (schema.py, vendors.py, records.py, batches.py, usage.py), so callers hold
 one object per process and each repository stays one small module.
 """
 from __future__ import annotations
@@ -12,10 +12,11 @@ from core.db.batches import BatchRows
 from core.db.engine import DatabaseUnavailable, _MySQL, _SQLite
 from core.db.records import Records
 from core.db.schema import Schema
+from core.db.usage import Usage
 from core.db.vendors import Vendors
 
 
-class Database(Schema, Vendors, Records, BatchRows):
+class Database(Schema, Vendors, Records, BatchRows, Usage):
     """One process's connection to the records database, with every repository's methods."""
 
 

@@ -18,7 +18,8 @@ from core import contracts
 from core.config import Settings
 from service.openapi import schemas
 from service.openapi.id_photo_schemas import id_photo_schemas
-from service.openapi.schemas import ERRORS, RATE_LIMIT_HEADERS, components, ref
+from service.openapi.schemas import ERRORS, RATE_LIMIT_HEADERS, components, obj, ref
+from service.openapi.usage_schemas import BULK_FORMS, bulk_form_schemas, usage_schemas
 
 Operation = dict[str, Any]
 
@@ -42,6 +43,7 @@ TAGS = [
     {"name": "admin", "description": "Operators only (HTTP Basic, ADMIN_USERNAME / ADMIN_PASSWORD): dead "
                                      "letters. Switched off (404) while ADMIN_PASSWORD is unset."},
     {"name": "docs", "description": "This document and its browsable page."},
+    {"name": "usage", "description": "The calling vendor's counts per operation and its rate limits now."},
 ]
 
 
@@ -141,15 +143,35 @@ _UPLOAD_NOTE = (" The photo may also be sent itself: a multipart form with the p
 
 
 def _with_id_photo(parts: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The components plus the ID-photo schemas (service/openapi/id_photo_schemas.py)."""
+    """The components plus the ID-photo and usage schemas (id_photo_schemas.py, usage_schemas.py)."""
     bulk = {"minItems": 1, "maxItems": settings.bulk_max_items}
-    return {**parts, "schemas": {**parts["schemas"], **id_photo_schemas(bulk)}}
+    schemas = {**parts["schemas"], **id_photo_schemas(bulk), **usage_schemas()}
+    return {**parts, "schemas": {**schemas, **bulk_form_schemas(schemas)}}
 
 
 def _with_upload(operation: Operation, form: str) -> Operation:
     """Add the multipart form (the photo as ``file``) and the 200 answer of ``wait`` to a single route."""
     operation["requestBody"]["content"]["multipart/form-data"] = {"schema": ref(form)}
     finished = _ok("Finished within `wait`: the job, as GET /job/<id>, plus jobId and recordId", ref("JobStatus"))
+    finished["200"]["headers"] = dict(RATE_LIMIT_HEADERS)
+    operation["responses"] = dict(sorted({**operation["responses"], **finished}.items()))
+    return operation
+
+
+_BULK_UPLOAD_NOTE = ("The photos may also be sent themselves: a multipart form with one `files[]` part per photo, "
+                     "in the order of `recordIds` (JSON array text, or the field repeated), each with the guards "
+                     "of a single upload (413 over FETCH_MAX_BYTES, 415 NOT_AN_IMAGE, the error names `files[i]`). "
+                     "`wait` (0-30 s): 200 with every job when all of them finish (or fail) in time, else 202.")
+
+
+def _bulk(summary: str, request: str) -> Operation:
+    """A bulk route: JSON with photoUrls or the photos as ``files[]``, and ``wait``."""
+    operation = _vendor(summary, "image-queue", _ok("Queued", ref("BulkQueued"), 202), body=request,
+                        description=_BULK_UPLOAD_NOTE)
+    operation["requestBody"]["content"]["multipart/form-data"] = {"schema": ref(BULK_FORMS[request])}
+    finished = _ok("Every job finished within `wait`, each as GET /job/<id> plus jobId and recordId", obj({
+        "success": {"type": "boolean", "enum": [True]}, "count": {"type": "integer"},
+        "jobs": {"type": "array", "items": ref("JobStatus")}}, ("success", "count", "jobs")))
     finished["200"]["headers"] = dict(RATE_LIMIT_HEADERS)
     operation["responses"] = dict(sorted({**operation["responses"], **finished}.items()))
     return operation
@@ -169,15 +191,12 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
         "Queue one face crop", "image-queue", _ok("Queued", ref("JobQueued"), 202), body="CropFaceRequest",
         description="Writes (or resets) the vendor's record row as `queued`, then enqueues the job. Modes: "
                     "square (300x300), passport (413x531), idcard." + _UPLOAD_NOTE), "CropFaceForm")},
-    "image_queue.bulk_crop_face": {"post": _vendor(
-        "Queue face crops for a list of records", "image-queue", _ok("Queued", ref("BulkQueued"), 202),
-        body="BulkCropFaceRequest")},
+    "image_queue.bulk_crop_face": {"post": _bulk("Queue face crops for a list of records", "BulkCropFaceRequest")},
     "image_queue.remove_bg_queue": {"post": _with_upload(_vendor(
         "Queue one background removal", "image-queue", _ok("Queued", ref("JobQueued"), 202),
         body="RemoveBgRequest", description=_UPLOAD_NOTE.strip()), "RemoveBgForm")},
-    "image_queue.bulk_remove_bg": {"post": _vendor(
-        "Queue background removals for a list of records", "image-queue", _ok("Queued", ref("BulkQueued"), 202),
-        body="BulkRemoveBgRequest")},
+    "image_queue.bulk_remove_bg": {"post": _bulk("Queue background removals for a list of records",
+                                                 "BulkRemoveBgRequest")},
     "image_queue.id_photo_queue": {"post": _with_upload(_vendor(
         "Queue one ID photo", "image-queue", _ok("Queued", ref("JobQueued"), 202), body="IdPhotoRequest",
         description="A passport / ID photo of the portrait in one job: the person cut out (mask from rembg) onto "
@@ -185,9 +204,7 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
                     "dpi, and a compliance report (result `IdPhotoResult`; docs/id-photos.md). Counts against "
                     "the background-removal limit too. Failures: NO_FACE, MULTIPLE_FACES, FACE_TOO_SMALL, "
                     "FACE_CUT_OFF, OUTPUT_TOO_LARGE." + _UPLOAD_NOTE), "IdPhotoForm")},
-    "image_queue.bulk_id_photo": {"post": _vendor(
-        "Queue ID photos for a list of records", "image-queue", _ok("Queued", ref("BulkQueued"), 202),
-        body="BulkIdPhotoRequest")},
+    "image_queue.bulk_id_photo": {"post": _bulk("Queue ID photos for a list of records", "BulkIdPhotoRequest")},
     "image_queue.job_status": {"get": _vendor(
         "State, progress and result or error of a job", "image-queue",
         {**_ok("The job", ref("JobStatus")), **_errors(404)},
@@ -251,6 +268,14 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
         params=[_path_param("batchId", "the batch"),
                 _query("format", {"type": "string", "enum": ["jsonl", "csv"], "default": "jsonl"},
                        "JSON lines (default) or CSV")])},
+    "usage.usage": {"get": _vendor(
+        "Counts per operation and the rate limits left now", "usage",
+        {**_ok("The vendor's usage", ref("Usage")), **_errors(400)},
+        params=[_query("projectId", ref("Id"), "only this project's counts (rate limits are per vendor)")],
+        description="Single jobs by record status and batches with their image counters, per operation, from "
+                    "the records database; for each rate-limit category the limit in force (`override` set by "
+                    "an operator, else `default`), and per window what is left now and when it resets. This "
+                    "request counts against `reads` and the figures include it.")},
     "batch.list_batches": {"get": _vendor(
         "The vendor's batches, newest first, a page at a time", "batch",
         {**_ok("A page of batches", {

@@ -59,7 +59,7 @@ def id_photo_schemas(bulk: Schema) -> dict[str, Schema]:
             "photoUrls": {"type": "array", "items": ref("PhotoUrl"), **bulk,
                           "description": "as many as recordIds, in the same order"},
             "projectId": ref("Id"), "spec": ref("IdPhotoSpec"), "vendorId": ref("VendorId"),
-            "options": nullable(ref("IdPhotoOptions")), "callbackUrl": ref("CallbackUrl"),
+            "options": nullable(ref("IdPhotoOptions")), "callbackUrl": ref("CallbackUrl"), "wait": nullable(WAIT),
         }, ("recordIds", "photoUrls", "projectId", "spec")),
         "IdPhotoCheck": check,
         "IdPhotoReport": obj({"compliant": {"type": "boolean", "description": "every check measured and passed"},

@@ -179,7 +179,7 @@ def _request_schemas(settings: Settings) -> dict[str, Schema]:
             "photoUrls": {"type": "array", "items": ref("PhotoUrl"), **bulk,
                           "description": "as many as recordIds, in the same order"},
             "projectId": ref("Id"), "mode": ref("Mode"), "vendorId": ref("VendorId"),
-            "options": nullable(ref("CropOptions")), "callbackUrl": ref("CallbackUrl"),
+            "options": nullable(ref("CropOptions")), "callbackUrl": ref("CallbackUrl"), "wait": nullable(WAIT),
         }, ("recordIds", "photoUrls", "projectId", "mode"), example={
             "recordIds": ["rec-1", "rec-2"], "projectId": "demo", "mode": "square",
             "photoUrls": ["https://photos.example.com/people/rec-1.jpg",
@@ -206,7 +206,7 @@ def _request_schemas(settings: Settings) -> dict[str, Schema]:
             "photoUrls": {"type": "array", "items": ref("PhotoUrl"), **bulk,
                           "description": "as many as recordIds, in the same order"},
             "projectId": ref("Id"), "vendorId": ref("VendorId"), "options": nullable(ref("RemoveBgOptions")),
-            "callbackUrl": ref("CallbackUrl"),
+            "callbackUrl": ref("CallbackUrl"), "wait": nullable(WAIT),
         }, ("recordIds", "photoUrls", "projectId"), example={
             "recordIds": ["rec-4"], "projectId": "demo",
             "photoUrls": ["https://photos.example.com/people/rec-4.jpg"]}),

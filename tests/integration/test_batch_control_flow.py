@@ -207,16 +207,21 @@ def test_a_zip_batch_of_background_removals_comes_back_as_pngs_with_alpha(stack:
     assert json.loads(archive.read("batch.json"))["operation"] == "removeBg"
 
 
-def test_a_photo_sent_as_a_file_with_wait_comes_back_in_one_call(stack: Stack, keys: dict[str, str],
-                                                                  astronaut_jpeg: bytes) -> None:
-    import pillow_heif
+def ensure_face_crop_worker(stack: Stack) -> None:
+    """Start a face-crop worker unless one runs (the module's stack starts batch workers only)."""
     from rq import Worker
 
-    conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=conn)
+    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=redis.Redis.from_url(stack.env["REDIS_URL"]))
     if Worker.count(queue=queue) == 0:
         stack.start_worker(contracts.QUEUE_FACE_CROP)
         wait_until(stack, "face-crop worker not up", lambda: Worker.count(queue=queue) > 0)
+
+
+def test_a_photo_sent_as_a_file_with_wait_comes_back_in_one_call(stack: Stack, keys: dict[str, str],
+                                                                  astronaut_jpeg: bytes) -> None:
+    import pillow_heif
+
+    ensure_face_crop_worker(stack)
     heic = io.BytesIO()
     with Image.open(io.BytesIO(astronaut_jpeg)) as photo:
         pillow_heif.from_pillow(photo.convert("RGB")).save(heic, quality=90)
@@ -239,16 +244,34 @@ def test_a_photo_sent_as_a_file_with_wait_comes_back_in_one_call(stack: Stack, k
                    lambda folder=folder, pattern=pattern: not any(folder.glob(pattern)))
 
 
+def test_bulk_photos_sent_as_files_with_wait_come_back_in_one_call(stack: Stack, keys: dict[str, str],
+                                                                   astronaut_jpeg: bytes) -> None:
+    """bulk-crop-face with files[] and wait, through Gunicorn and a real worker; one photo is a
+    phone-sized JPEG bigger than a JSON body may be (MAX_JSON_BYTES)."""
+    ensure_face_crop_worker(stack)
+    big = io.BytesIO()
+    with Image.open(io.BytesIO(astronaut_jpeg)) as photo:
+        photo.convert("RGB").resize((2400, 2400)).save(big, "JPEG", quality=97)
+    assert len(big.getvalue()) > 1024 * 1024
+    resp = requests.post(f"{stack.base_url}/api/image-queue/bulk-crop-face", timeout=60,
+                         headers={"X-API-Key": keys["acme"]},
+                         data={"recordIds": json.dumps(["bulk-small", "bulk-big"]), "projectId": "direct",
+                               "mode": "square", "wait": "30"},
+                         files=[("files[]", ("a.jpg", astronaut_jpeg, "image/jpeg")),
+                                ("files[]", ("big.jpg", big.getvalue(), "image/jpeg"))])
+    assert resp.status_code == 200, resp.text  # every job finished within the wait
+    jobs = resp.json()["jobs"]
+    assert [job["recordId"] for job in jobs] == ["bulk-small", "bulk-big"]
+    assert all(job["state"] == "completed" and job["result"]["faceDetected"] for job in jobs), jobs
+    records = api(stack, keys["acme"], "GET", "/api/image-queue/records?projectId=direct").json()["records"]
+    assert {"bulk-small", "bulk-big"} <= {record["recordId"] for record in records if record["status"] == "completed"}
+
+
 def test_an_active_job_is_stopped_by_its_worker_and_stays_canceled(stack: Stack, keys: dict[str, str],
                                                                     photos: PhotoServer,
                                                                     astronaut_jpeg: bytes) -> None:
-    from rq import Worker
-
+    ensure_face_crop_worker(stack)
     conn = redis.Redis.from_url(stack.env["REDIS_URL"])
-    queue = rqjson.queue(contracts.QUEUE_FACE_CROP, connection=conn)
-    if Worker.count(queue=queue) == 0:
-        stack.start_worker(contracts.QUEUE_FACE_CROP)
-        wait_until(stack, "face-crop worker not up", lambda: Worker.count(queue=queue) > 0)
     photos.files["/slow.jpg"] = astronaut_jpeg
     photos.delays["/slow.jpg"] = 5.0  # the job is active (fetching) while it is canceled
     key = keys["acme"]

@@ -334,3 +334,21 @@ def test_cli_downloads_a_results_zip_without_a_terminal(stack: Stack, key: str, 
         assert "outputs/cli-z1.jpg" in archive.namelist() and "results.csv" in archive.namelist()
     listed = run_cli(stack, "batch", "list", "--project", "p-cli-zip", key=key)
     assert listed.returncode == 0 and json.loads(listed.stdout.splitlines()[0])["batchId"] == batch["batchId"]
+
+
+def test_sdk_sends_bulk_files_with_wait_and_reads_usage(stack: Stack, client: Client, key: str,
+                                                        astronaut_jpeg: bytes, tmp_path: Path) -> None:
+    first, second = tmp_path / "one.jpg", tmp_path / "two.jpg"
+    first.write_bytes(astronaut_jpeg)
+    second.write_bytes(astronaut_jpeg)
+    done = client.bulk_crop_face(["bulk-sdk-1", "bulk-sdk-2"], "p-usage", mode="passport", files=[first, second],
+                                 wait=30)
+    assert [job["recordId"] for job in done["jobs"]] == ["bulk-sdk-1", "bulk-sdk-2"]
+    assert all(job["state"] == "completed" and job["result"]["width"] == 413 for job in done["jobs"])
+
+    usage = client.usage(project_id="p-usage")
+    assert usage["operations"]["cropFace"]["single"]["completed"] == 2
+    assert usage["operations"]["removeBg"]["single"]["total"] == 0
+    out = run_cli(stack, "usage", "--project", "p-usage", key=key)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["operations"]["cropFace"]["single"]["total"] == 2

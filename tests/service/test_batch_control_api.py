@@ -297,3 +297,69 @@ def test_id_photo_batches_carry_their_spec(app: Flask, client: FlaskClient, redi
     assert job.rate_limit_key is not None and "removeBg" in job.rate_limit_key, "bounded like rembg batches"
     batch = app.extensions["image_queue"].db.get_batch(batch_id)
     assert batch["options"]["spec"]["name"] == "us" and batch["options"]["background"] == "#e0e0e0"
+
+
+# --- usage -------------------------------------------------------------------------------------
+def test_usage_counts_per_operation_and_limits_left(redis_url: str, tmp_path: Path, redis_conn: redis.Redis) -> None:
+    redis_conn.flushdb()  # rate-limit counters of earlier tests
+    with vendor_app(redis_url, tmp_path, upload_dir=str(tmp_path / "uploads"), storage_dir=str(tmp_path / "files"),
+                    storage_backend="local", batch_chunk_size=4, rate_limit_reads="50/minute;500/hour",
+                    rate_limit_image_processing="30/minute") as app:
+        app.extensions["image_queue"].db.set_vendor_limits("acme", {"bulk": "7/hour"})
+        client = app.test_client()
+        canceled = queue_crop(app, client, "rec-a")
+        queue_crop(app, client, "rec-b")
+        client.delete(f"/api/image-queue/job/{canceled}", headers=auth(app))
+        resp = client.post("/api/image-queue/remove-bg-queue", headers=auth(app),
+                           json={"recordId": "bg-1", "projectId": "q", "photoUrl": URL})
+        assert resp.status_code == 202, resp.get_json()
+        add_images(app, client, 5)
+        add_images(app, client, 2, operation="removeBg")
+        add_images(app, client, 3, vendor="globex")  # another vendor's: not counted
+
+        resp = client.get("/api/usage", headers=auth(app))
+        assert resp.status_code == 200, resp.get_json()
+        body = resp.get_json()
+        crop, bg, id_photo = (body["operations"][name] for name in ("cropFace", "removeBg", "idPhoto"))
+        assert crop["single"] == {"queued": 1, "processing": 0, "completed": 0, "failed": 0, "canceled": 1,
+                                  "total": 2}
+        assert crop["batch"] == {"batches": 1, "images": 5, "processed": 0, "failed": 0, "skipped": 0,
+                                 "canceled": 0, "pending": 5}
+        assert bg["single"]["queued"] == 1 and bg["batch"]["batches"] == 1 and bg["batch"]["images"] == 2
+        assert id_photo["single"]["total"] == 0 and id_photo["batch"]["batches"] == 0
+        limits = {entry["category"]: entry for entry in body["rateLimits"]}
+        assert limits["bulk"]["limit"] == "7/hour" and limits["bulk"]["source"] == "override"
+        assert limits["bulk"]["windows"][0]["remaining"] == 7 - 2  # two add-images
+        assert limits["image-processing"]["source"] == "default"
+        # 3 queueing POSTs + 2 add-images count as image processing; the DELETE is a read.
+        assert limits["image-processing"]["windows"][0] == {
+            "limit": 30, "per": "1 minute", "remaining": 30 - 5,
+            "resetsInSeconds": limits["image-processing"]["windows"][0]["resetsInSeconds"]}
+        reads = limits["reads"]["windows"]
+        assert [(w["limit"], w["per"]) for w in reads] == [(50, "1 minute"), (500, "1 hour")]
+        assert reads[0]["remaining"] == 50 - 2  # the DELETE and this request
+        assert 0 < reads[0]["resetsInSeconds"] <= 60
+        assert int(resp.headers["RateLimit-Remaining"]) == 48
+
+        only_q = client.get("/api/usage?projectId=q", headers=auth(app)).get_json()["operations"]
+        assert only_q["cropFace"]["single"]["total"] == 0 and only_q["removeBg"]["single"]["total"] == 1
+        assert_error(client.get("/api/usage?projectId=", headers=auth(app)), 400, "VALIDATION_ERROR", "projectId")
+        theirs = client.get("/api/usage", headers=auth(app, "globex")).get_json()
+        assert theirs["operations"]["cropFace"]["batch"]["images"] == 3
+        assert theirs["operations"]["cropFace"]["single"]["total"] == 0
+        assert client.get("/api/usage").status_code == 401
+        assert body["rateLimitsEnabled"] is True
+
+
+def test_usage_lists_every_limit_category(app: Flask, client: FlaskClient) -> None:
+    body = client.get("/api/usage", headers=auth(app)).get_json()
+    assert body["rateLimitsEnabled"] is True
+    assert [limit["category"] for limit in body["rateLimits"]] == ["image-processing", "background-removal",
+                                                                    "bulk", "reads"]
+
+
+def test_usage_when_rate_limits_are_off(redis_url: str, tmp_path: Path, redis_conn: redis.Redis) -> None:
+    with vendor_app(redis_url, tmp_path, rate_limit_enabled=False) as app:
+        resp = app.test_client().get("/api/usage", headers=auth(app))
+        assert resp.status_code == 200, resp.get_json()
+        assert resp.get_json()["rateLimitsEnabled"] is False and resp.get_json()["rateLimits"] == []

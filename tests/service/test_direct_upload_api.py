@@ -81,3 +81,77 @@ def test_wait_answers_202_at_once_when_no_worker_could_run_the_job(app: Flask, c
                        json={"recordId": "r", "projectId": "p", "mode": "square", "wait": 30,
                              "photoUrl": "http://photos.example.com/a.jpg"})
     assert resp.status_code == 202 and resp.get_json()["jobId"]
+
+
+def test_a_photo_larger_than_a_json_body_is_accepted(redis_url: str, tmp_path: Path, redis_conn: redis.Redis) -> None:
+    """MAX_JSON_BYTES caps JSON bodies; a form's cap is FETCH_MAX_BYTES per photo (it was 413 before)."""
+    with vendor_app(redis_url, tmp_path, upload_dir=str(tmp_path / "uploads"), max_json_bytes=50_000,
+                    fetch_max_bytes=250_000) as app:
+        client = app.test_client()
+        big = JPEG + b"\0" * 200_000  # two stay under the test client's 500 kB spooling (it leaks that file)
+        resp = send(app, client, "crop-face-queue", big, mode="square")
+        assert resp.status_code == 202, resp.get_json()  # type: ignore[attr-defined]
+        bulk = bulk_send(app, client, "bulk-remove-bg", [big, big], recordIds='["a", "b"]')
+        assert bulk.status_code == 202, bulk.get_json()  # type: ignore[attr-defined]
+        assert_error(client.post("/api/image-queue/crop-face-queue", headers={"X-API-Key": app.config["KEYS"]["acme"]},
+                                 json={"recordId": "r", "projectId": "p", "mode": "square",
+                                       "photoUrl": "http://photos.example.com/" + "a" * 60_000}),
+                     413, "PAYLOAD_TOO_LARGE")
+
+
+def bulk_send(app: Flask, client: FlaskClient, path: str, files: list[bytes], part: str = "files[]",
+              **form: object) -> object:
+    fields: list[tuple[str, object]] = [("projectId", "p"), *form.items()]
+    fields += [(part, (io.BytesIO(data), f"photo{index}.bin")) for index, data in enumerate(files)]
+    from werkzeug.datastructures import MultiDict
+
+    return client.post(f"/api/image-queue/{path}", headers={"X-API-Key": app.config["KEYS"]["acme"]},
+                       content_type="multipart/form-data", data=MultiDict(fields))
+
+
+def test_bulk_photos_sent_as_files_are_kept_one_per_job(app: Flask, client: FlaskClient, redis_conn: redis.Redis,
+                                                        tmp_path: Path) -> None:
+    resp = bulk_send(app, client, "bulk-crop-face", [JPEG, HEIC], recordIds='["r1", "r2"]', mode="passport",
+                     options='{"format": "png"}')
+    assert resp.status_code == 202, resp.get_json()  # type: ignore[attr-defined]
+    body = resp.get_json()  # type: ignore[attr-defined]
+    assert body["recordIds"] == ["r1", "r2"] and body["count"] == 2
+    payloads = [rqjson.fetch(job_id, connection=redis_conn).kwargs["payload"] for job_id in body["jobIds"]]
+    assert [p["photoUrl"] for p in payloads] == [f"upload:{body['jobIds'][0]}.jpg", f"upload:{body['jobIds'][1]}.heic"]
+    assert [p["recordId"] for p in payloads] == ["r1", "r2"]
+    assert {p["mode"] for p in payloads} == {"passport"} and payloads[0]["options"]["format"] == "png"
+    assert photos(tmp_path) == sorted([f"{body['jobIds'][0]}.jpg", f"{body['jobIds'][1]}.heic"])
+    # recordIds as repeated fields, and parts named "files", work too.
+    again = bulk_send(app, client, "bulk-id-photo", [JPEG], part="files", recordIds="r3", spec="us")
+    assert again.status_code == 202, again.get_json()  # type: ignore[attr-defined]
+    assert list((tmp_path / "uploads" / "incoming").iterdir()) == []
+
+
+def test_bad_bulk_uploads_are_4xx_naming_the_photo_and_keep_nothing(app: Flask, client: FlaskClient,
+                                                                    tmp_path: Path) -> None:
+    gif = b"GIF89a" + b"\0" * 50
+    assert_error(bulk_send(app, client, "bulk-remove-bg", [JPEG, gif], recordIds='["a", "b"]'), 415,
+                 "NOT_AN_IMAGE")
+    resp = bulk_send(app, client, "bulk-remove-bg", [JPEG, gif], recordIds='["a", "b"]')
+    assert resp.get_json()["error"]["details"] == {"field": "files[1]"}  # type: ignore[attr-defined]
+    assert_error(bulk_send(app, client, "bulk-remove-bg", [JPEG, JPEG + b"\0" * 20_000], recordIds='["a", "b"]'),
+                 413, "PAYLOAD_TOO_LARGE")
+    assert_error(bulk_send(app, client, "bulk-remove-bg", [JPEG], recordIds='["a", "b"]'), 400, "VALIDATION_ERROR",
+                 "files[]")
+    assert_error(bulk_send(app, client, "bulk-remove-bg", [JPEG, JPEG], recordIds='["a", "a"]'), 400,
+                 "VALIDATION_ERROR", "recordIds[1]")
+    assert_error(bulk_send(app, client, "bulk-remove-bg", [JPEG], recordIds='["a"'), 400, "VALIDATION_ERROR",
+                 "recordIds")
+    assert_error(bulk_send(app, client, "bulk-crop-face", [JPEG], recordIds='["a"]', mode="selfie"), 400,
+                 "VALIDATION_ERROR", "mode")
+    assert_error(bulk_send(app, client, "bulk-crop-face", [JPEG], recordIds='["a"]', mode="square", wait="99"),
+                 400, "VALIDATION_ERROR", "wait")
+    assert photos(tmp_path) == []
+    assert list((tmp_path / "uploads" / "incoming").iterdir()) == []
+
+
+def test_bulk_wait_answers_202_at_once_when_no_worker_could_run_the_jobs(app: Flask, client: FlaskClient) -> None:
+    resp = client.post("/api/image-queue/bulk-remove-bg", headers={"X-API-Key": app.config["KEYS"]["acme"]},
+                       json={"recordIds": ["a"], "projectId": "p", "wait": 30,
+                             "photoUrls": ["http://photos.example.com/a.jpg"]})
+    assert resp.status_code == 202 and resp.get_json()["jobIds"]

@@ -210,3 +210,16 @@ def test_batches_keep_their_callback_url(app: Flask, client: FlaskClient) -> Non
     for answer in (urls, zipped):
         batch = client.get(f"/api/batch/status/{answer.get_json()['batchId']}", headers=headers(app)).get_json()
         assert batch["batch"]["webhook"]["url"] == HOOK and batch["batch"]["webhook"]["state"] == "pending"
+
+
+def test_a_form_with_an_unnamed_part_and_a_key_is_a_4xx(app: Flask, client: FlaskClient) -> None:
+    """Found by schemathesis: a part without a name reaches the fingerprint as None, which sorted
+    against the other names raised TypeError (500)."""
+    boundary = "b0undary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data\r\n\r\ntrue\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="projectId"\r\n\r\np1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="recordIds"\r\n\r\n["r1"]\r\n'
+            f'--{boundary}--\r\n').encode()
+    resp = client.post("/api/image-queue/bulk-remove-bg", headers=headers(app, "k-unnamed"), data=body,
+                       content_type=f"multipart/form-data; boundary={boundary}")
+    assert_error(resp, 400, "VALIDATION_ERROR", "files[]")

@@ -15,7 +15,8 @@
 //   allows null, and with every enum value
 //   where the TypeScript type is a union of string literals;
 // * a route taking JSON and a multipart form (a photo sent itself) has a form type too, checked
-//   the same way;
+//   the same way (a repeated form part `name[]`, e.g. a bulk call's `files[]`, is declared as
+//   the array field `name`);
 // * every 2xx JSON answer is checked (a route with `wait` answers 200 finished or 202 queued:
 //   `responses` by status), and the method's declared return type names each answer's type.
 import { readFile } from 'node:fs/promises';
@@ -243,10 +244,11 @@ export function checkDocument(doc, options) {
     const owner = tsNames.join(' | ');
     for (const [name, propSchema] of Object.entries(schema.properties)) {
       fields += 1;
-      const field = declared.get(name);
+      // A repeated multipart part (`files[]`) is the array field of the same name without [].
+      const field = declared.get(name) ?? (name.endsWith('[]') ? declared.get(name.slice(0, -2)) : undefined);
       const at = `${where}.${name}`;
       if (!field) {
-        problems.push(`${at}: not declared in ${owner} (index.d.ts)`);
+        problems.push(`${at}: not declared in ${owner} (index.d.ts)${name.endsWith('[]') ? ` (as ${name.slice(0, -2)})` : ''}`);
         continue;
       }
       if (required.has(name) && field.optional) problems.push(`${at}: required by the document, optional in ${owner}`);

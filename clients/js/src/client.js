@@ -80,28 +80,39 @@ function toBlob(file, what = 'uploadZip', type = 'application/zip') {
 }
 
 /**
- * A multipart body maker (a fresh FormData per try): the fields (objects such as options as
- * JSON text, numbers as text), then the file last, as the API reads the fields before the file.
+ * A multipart body maker (a fresh FormData per try): the fields (objects such as options, a
+ * custom spec or a bulk call's recordIds as JSON text, numbers as text), then the photo last as
+ * `file`, or a bulk call's photos as `files[]` parts in the order of recordIds (the API reads
+ * the fields before the files).
  */
 function formOf(request, what, defaultName, type) {
-  const { file, filename, options, ...fields } = request;
-  const blob = toBlob(file, what, type);
-  const name = filename ?? /** @type {any} */ (file).name ?? defaultName;
+  const { file, filename, files, filenames, options, ...fields } = request;
+  let parts;
+  if (files !== undefined) {
+    if (!Array.isArray(files)) throw new TypeError(`${what}: \`files\` must be an array of Blobs, Files or bytes`);
+    parts = files.map((one, i) => ['files[]', toBlob(one, what, type),
+      filenames?.[i] ?? /** @type {any} */ (one).name ?? `${defaultName}-${i + 1}`]);
+  } else {
+    parts = [['file', toBlob(file, what, type), filename ?? /** @type {any} */ (file).name ?? defaultName]];
+  }
   return () => {
     const data = new FormData();
     const values = withoutUndefined({ ...fields, options: options ?? undefined });
     for (const [key, value] of Object.entries(values)) {
-      // Objects (options, a custom ID-photo spec) go as JSON text; numbers and strings as text.
+      // Objects (options, a custom ID-photo spec, recordIds) go as JSON text; numbers and strings as text.
       if (value !== null) data.append(key, typeof value === 'object' ? JSON.stringify(value) : String(value));
     }
-    data.append('file', blob, name);
+    for (const [key, blob, name] of parts) data.append(key, blob, name);
     return data;
   };
 }
 
-/** A JSON body, or a multipart form when the request carries the photo itself (`file`). */
+/**
+ * A JSON body, or a multipart form when the request carries the photo itself (`file`) or, for a
+ * bulk call, the photos themselves (`files`).
+ */
 function photoBody(name, body) {
-  if (body && body.file !== undefined && body.file !== null) {
+  if (body && (body.file ?? body.files) != null) {
     return { form: formOf(body, name, 'photo', 'application/octet-stream'), timeoutMs: 0 };
   }
   return { json: withoutUndefined(body) };
@@ -232,9 +243,7 @@ export class ImageQueueClient {
    * (200, `state` set) when it ends in time, else the usual JobQueued (202).
    */
   cropFace(body, options) {
-    const call = ImageQueueClient._call(options);
-    const sent = photoBody('cropFace', body);
-    return this.call('cropFace', { ...sent, ...call, timeoutMs: call.timeoutMs ?? this._waitTimeout(body, sent) });
+    return this._submit('cropFace', body, options);
   }
 
   /** A request that waits (`wait` s) or uploads gets no shorter timeout than that wait and more. */
@@ -244,21 +253,31 @@ export class ImageQueueClient {
     return wait > 0 ? Math.max(this.timeoutMs, wait * 1000 + 15_000) : undefined;
   }
 
-  /** POST /api/image-queue/bulk-crop-face: queue face crops for parallel lists of records and photos. */
+  /** A submission of JSON, or of a multipart form carrying the photo(s), with the wait's timeout. */
+  _submit(name, body, options) {
+    const call = ImageQueueClient._call(options);
+    const sent = photoBody(name, body);
+    return this.call(name, { ...sent, ...call, timeoutMs: call.timeoutMs ?? this._waitTimeout(body, sent) });
+  }
+
+  /**
+   * POST /api/image-queue/bulk-crop-face: queue face crops for parallel lists of records and
+   * photoUrls, or of records and `files` (the photos themselves, multipart, in the same order).
+   * With `wait` (0-30 s) the answer is every finished job (200, BulkFinished) when all end in
+   * time, else the usual BulkQueued (202).
+   */
   bulkCropFace(body, options) {
-    return this.call('bulkCropFace', { json: withoutUndefined(body), ...ImageQueueClient._call(options) });
+    return this._submit('bulkCropFace', body, options);
   }
 
   /** POST /api/image-queue/remove-bg-queue: one background removal, of `photoUrl` or `file`; `wait` as cropFace. */
   removeBackground(body, options) {
-    const call = ImageQueueClient._call(options);
-    const sent = photoBody('removeBackground', body);
-    return this.call('removeBackground', { ...sent, ...call, timeoutMs: call.timeoutMs ?? this._waitTimeout(body, sent) });
+    return this._submit('removeBackground', body, options);
   }
 
-  /** POST /api/image-queue/bulk-remove-bg: queue background removals for parallel lists. */
+  /** POST /api/image-queue/bulk-remove-bg: background removals for parallel lists; `files` and `wait` as bulkCropFace. */
   bulkRemoveBackground(body, options) {
-    return this.call('bulkRemoveBackground', { json: withoutUndefined(body), ...ImageQueueClient._call(options) });
+    return this._submit('bulkRemoveBackground', body, options);
   }
 
   /**
@@ -266,14 +285,12 @@ export class ImageQueueClient {
    * background, a compliance report) of `photoUrl` or `file`; `wait` as cropFace.
    */
   idPhoto(body, options) {
-    const call = ImageQueueClient._call(options);
-    const sent = photoBody('idPhoto', body);
-    return this.call('idPhoto', { ...sent, ...call, timeoutMs: call.timeoutMs ?? this._waitTimeout(body, sent) });
+    return this._submit('idPhoto', body, options);
   }
 
-  /** POST /api/image-queue/bulk-id-photo: ID photos for parallel lists of records and photos. */
+  /** POST /api/image-queue/bulk-id-photo: ID photos for parallel lists; `files` and `wait` as bulkCropFace. */
   bulkIdPhoto(body, options) {
-    return this.call('bulkIdPhoto', { json: withoutUndefined(body), ...ImageQueueClient._call(options) });
+    return this._submit('bulkIdPhoto', body, options);
   }
 
   /** GET /api/image-queue/job/{jobId}: state, progress, result or error of a job. */
@@ -299,6 +316,16 @@ export class ImageQueueClient {
   /** GET /api/image-queue/queue-stats: job counts of the single-job queues. */
   queueStats(options) {
     return this.call('queueStats', ImageQueueClient._call(options));
+  }
+
+  // --- usage (/api/usage) ------------------------------------------------------------------
+
+  /**
+   * GET /api/usage: the vendor's single jobs and batches per operation (of one project with
+   * `projectId`), and each rate-limit category's limit and what is left of it now.
+   */
+  usage(query, options) {
+    return this.call('usage', { query, ...ImageQueueClient._call(options) });
   }
 
   // --- batches (/api/batch) ------------------------------------------------------------------

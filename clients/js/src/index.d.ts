@@ -87,6 +87,8 @@ export interface BulkCropFaceRequest {
   vendorId?: string | null;
   options?: CropOptions | null;
   callbackUrl?: string | null;
+  /** 0-30 s: wait for the jobs; the answer is then every finished job (BulkFinished) when all end in time */
+  wait?: number | null;
 }
 
 export interface RemoveBgRequest {
@@ -138,6 +140,8 @@ export interface BulkRemoveBgRequest {
   vendorId?: string | null;
   options?: RemoveBgOptions | null;
   callbackUrl?: string | null;
+  /** 0-30 s: wait for the jobs; the answer is then every finished job (BulkFinished) when all end in time */
+  wait?: number | null;
 }
 
 /** A built-in ID-photo spec: icao (35x45 mm), us (2x2 in), schengen (35x45 mm), idcard (3:4). */
@@ -207,6 +211,45 @@ export interface BulkIdPhotoRequest {
   vendorId?: string | null;
   options?: IdPhotoOptions | null;
   callbackUrl?: string | null;
+  /** 0-30 s: wait for the jobs; the answer is then every finished job (BulkFinished) when all end in time */
+  wait?: number | null;
+}
+
+/**
+ * A bulk call with the photos sent themselves (the client builds the multipart form: one
+ * `files[]` part per photo, in the order of recordIds; recordIds and options as JSON text).
+ */
+export interface BulkUpload {
+  /** as many as recordIds, in the same order (sent as the form's `files[]` parts) */
+  files: PhotoFile[];
+  /** the file names sent (default: each File's name, else photo-1, photo-2, ...) */
+  filenames?: string[];
+  /** sent as JSON text */
+  recordIds: Id[];
+  projectId: Id;
+  vendorId?: string | null;
+  callbackUrl?: string | null;
+  /** 0-30 s, as in the JSON request */
+  wait?: number | null;
+}
+
+/** bulkCropFace with the photos sent themselves. */
+export interface BulkCropFaceUpload extends BulkUpload {
+  mode: CropMode;
+  /** sent as JSON text */
+  options?: CropOptions | string;
+}
+
+/** bulkRemoveBackground with the photos sent themselves. */
+export interface BulkRemoveBgUpload extends BulkUpload {
+  /** sent as JSON text */
+  options?: RemoveBgOptions | string;
+}
+
+/** bulkIdPhoto with the photos sent themselves (a custom spec goes as JSON text). */
+export interface BulkIdPhotoUpload extends BulkUpload {
+  spec: IdPhotoSpec | string;
+  options?: IdPhotoOptions | string;
 }
 
 /** One measurement of an ID photo's compliance report. */
@@ -283,6 +326,11 @@ export interface RecordsQuery extends PageQuery {
 
 export interface BatchesQuery extends PageQuery {
   status?: BatchState;
+}
+
+export interface UsageQuery {
+  /** only this project's counts (rate limits are per vendor) */
+  projectId?: Id;
 }
 
 // --- answers ----------------------------------------------------------------------------------
@@ -423,6 +471,13 @@ export interface JobFinished extends JobStatus {
   recordId: string;
 }
 
+/** A bulk submission with `wait` whose jobs all ended in time (200): each job as job(), plus jobId and recordId. */
+export interface BulkFinished {
+  success: true;
+  count: number;
+  jobs: JobFinished[];
+}
+
 /** A job that finished well: what pollJobUntilComplete answers. */
 export type CompletedJob = JobStatus & { state: 'completed'; result: JobResult };
 
@@ -473,6 +528,70 @@ export interface QueueStats {
   backgroundRemoval: QueueCounts;
   faceCrop: QueueCounts;
   imageProcessing: QueueCounts;
+}
+
+/** Single jobs of one operation, by record status. */
+export interface SingleJobUsage {
+  queued: number;
+  processing: number;
+  completed: number;
+  failed: number;
+  canceled: number;
+  total: number;
+}
+
+/** Batches of one operation and their images (pending: not yet finished). */
+export interface BatchUsage {
+  batches: number;
+  images: number;
+  processed: number;
+  failed: number;
+  skipped: number;
+  canceled: number;
+  pending: number;
+}
+
+export interface OperationUsage {
+  single: SingleJobUsage;
+  batch: BatchUsage;
+}
+
+export interface UsageOperations {
+  cropFace: OperationUsage;
+  removeBg: OperationUsage;
+  idPhoto: OperationUsage;
+}
+
+export type RateLimitCategory = 'image-processing' | 'background-removal' | 'bulk' | 'reads';
+
+/** One window of a rate limit, as it stands now. */
+export interface RateLimitWindow {
+  limit: number;
+  /** e.g. "15 minutes" */
+  per: string;
+  remaining: number;
+  resetsInSeconds: number;
+}
+
+export interface RateLimitUsage {
+  category: RateLimitCategory;
+  /** e.g. "100/15 minutes" */
+  limit: string;
+  /** override: set by an operator for this vendor */
+  source: 'default' | 'override';
+  windows: RateLimitWindow[];
+}
+
+/** GET /api/usage: counts per operation (of one project with projectId) and the rate limits left now. */
+export interface Usage {
+  success: true;
+  vendorId: string;
+  /** the projectId asked for, else null (every project) */
+  projectId: string | null;
+  operations: UsageOperations;
+  /** false: RATE_LIMIT_ENABLED is off on the service, nothing is limited and rateLimits is empty */
+  rateLimitsEnabled: boolean;
+  rateLimits: RateLimitUsage[];
 }
 
 export interface BatchQueued {
@@ -701,17 +820,20 @@ export declare class ImageQueueClient {
 
   /** JSON with photoUrl, or multipart with `file`; with `wait`, the finished job (200) when it ends in time */
   cropFace(body: CropFaceRequest | CropFaceUpload, options?: SubmitOptions): Promise<JobQueued | JobFinished>;
-  bulkCropFace(body: BulkCropFaceRequest, options?: SubmitOptions): Promise<BulkQueued>;
+  /** JSON with photoUrls, or multipart with `files`; with `wait`, every finished job (200) when all end in time */
+  bulkCropFace(body: BulkCropFaceRequest | BulkCropFaceUpload, options?: SubmitOptions): Promise<BulkQueued | BulkFinished>;
   removeBackground(body: RemoveBgRequest | RemoveBgUpload, options?: SubmitOptions): Promise<JobQueued | JobFinished>;
-  bulkRemoveBackground(body: BulkRemoveBgRequest, options?: SubmitOptions): Promise<BulkQueued>;
+  bulkRemoveBackground(body: BulkRemoveBgRequest | BulkRemoveBgUpload, options?: SubmitOptions): Promise<BulkQueued | BulkFinished>;
   /** JSON with photoUrl, or multipart with `file`; with `wait`, the finished job (200) when it ends in time */
   idPhoto(body: IdPhotoRequest | IdPhotoUpload, options?: SubmitOptions): Promise<JobQueued | JobFinished>;
-  bulkIdPhoto(body: BulkIdPhotoRequest, options?: SubmitOptions): Promise<BulkQueued>;
+  bulkIdPhoto(body: BulkIdPhotoRequest | BulkIdPhotoUpload, options?: SubmitOptions): Promise<BulkQueued | BulkFinished>;
   job(jobId: string, options?: CallOptions): Promise<JobStatus>;
   cancelJob(jobId: string, options?: CallOptions): Promise<JobCanceled>;
   record(recordId: Id, options?: CallOptions): Promise<RecordAnswer>;
   listRecords(query?: RecordsQuery, options?: CallOptions): Promise<RecordsPage>;
   queueStats(options?: CallOptions): Promise<QueueStats>;
+  /** counts per operation and the rate limits left now */
+  usage(query?: UsageQuery, options?: CallOptions): Promise<Usage>;
 
   uploadZip(request: UploadZipRequest, options?: SubmitOptions): Promise<BatchQueued>;
   addImages(body: AddImagesRequest, options?: SubmitOptions): Promise<BatchQueued>;
@@ -750,7 +872,8 @@ export declare class ImageQueueClient {
 export interface QueueCallOptions extends SubmitOptions {
   callbackUrl?: string;
   vendorId?: string;
-  /** 0-30 s: the answer is the finished job (JobFinished, `state` set) when it ends in time */
+  /** 0-30 s: the answer is the finished job (JobFinished, `state` set) when it ends in time; for a bulk
+   *  call, every finished job (BulkFinished, `jobs` set) when all end in time */
   wait?: number;
 }
 
@@ -760,17 +883,18 @@ export interface QueueAPI {
   /** `photo`: a URL, or the photo itself (File, Blob, bytes: sent as multipart) */
   queueBackgroundRemoval(recordId: Id, projectId: Id, photo: string | PhotoFile, options?: RemoveBgOptions | null,
     call?: QueueCallOptions): Promise<JobQueued | JobFinished>;
-  queueBulkBackgroundRemoval(recordIds: Id[], projectId: Id, photoUrls: string[], options?: RemoveBgOptions | null,
-    call?: QueueCallOptions): Promise<BulkQueued>;
+  /** `photos`: URLs, or the photos themselves (sent as multipart files[], in the order of recordIds) */
+  queueBulkBackgroundRemoval(recordIds: Id[], projectId: Id, photos: string[] | PhotoFile[], options?: RemoveBgOptions | null,
+    call?: QueueCallOptions): Promise<BulkQueued | BulkFinished>;
   queueFaceCrop(recordId: Id, projectId: Id, photo: string | PhotoFile, mode?: CropMode, options?: CropOptions | null,
     call?: QueueCallOptions): Promise<JobQueued | JobFinished>;
-  queueBulkFaceCrop(recordIds: Id[], projectId: Id, photoUrls: string[], mode?: CropMode, options?: CropOptions | null,
-    call?: QueueCallOptions): Promise<BulkQueued>;
+  queueBulkFaceCrop(recordIds: Id[], projectId: Id, photos: string[] | PhotoFile[], mode?: CropMode, options?: CropOptions | null,
+    call?: QueueCallOptions): Promise<BulkQueued | BulkFinished>;
   /** an ID photo by `spec` (default icao): a URL or the photo itself */
   queueIdPhoto(recordId: Id, projectId: Id, photo: string | PhotoFile, spec?: IdPhotoSpec, options?: IdPhotoOptions | null,
     call?: QueueCallOptions): Promise<JobQueued | JobFinished>;
-  queueBulkIdPhoto(recordIds: Id[], projectId: Id, photoUrls: string[], spec?: IdPhotoSpec, options?: IdPhotoOptions | null,
-    call?: QueueCallOptions): Promise<BulkQueued>;
+  queueBulkIdPhoto(recordIds: Id[], projectId: Id, photos: string[] | PhotoFile[], spec?: IdPhotoSpec,
+    options?: IdPhotoOptions | null, call?: QueueCallOptions): Promise<BulkQueued | BulkFinished>;
   /** resolves with the completed job; rejects with JobFailedError (failed or canceled) or WaitTimeoutError
    *  (default 5 min) */
   pollJobUntilComplete(jobId: string, timeoutMs?: number, options?: Omit<PollOptions, 'timeoutMs'>): Promise<CompletedJob>;

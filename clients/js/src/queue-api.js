@@ -22,6 +22,11 @@ function photoField(photo) {
   return typeof photo === 'string' ? { photoUrl: photo } : { file: photo };
 }
 
+/** A bulk call's photos: URLs go as photoUrls; Files, Blobs or bytes are sent themselves (multipart files[]). */
+function photosField(photos) {
+  return photos.every((photo) => typeof photo === 'string') ? { photoUrls: photos } : { files: photos };
+}
+
 /** In a browser: hands a Blob to the user as a download named `filename`. */
 function saveBlob(blob, filename) {
   const doc = /** @type {any} */ (globalThis).document;
@@ -52,9 +57,9 @@ export function createQueueAPI(config = {}) {
         callOptions);
     },
 
-    queueBulkBackgroundRemoval(recordIds, projectId, photoUrls, options, call) {
+    queueBulkBackgroundRemoval(recordIds, projectId, photos, options, call) {
       const { fields, options: callOptions } = submit(call);
-      return client.bulkRemoveBackground({ recordIds, projectId, photoUrls, options, ...fields }, callOptions);
+      return client.bulkRemoveBackground({ recordIds, projectId, ...photosField(photos), options, ...fields }, callOptions);
     },
 
     queueFaceCrop(recordId, projectId, photo, mode = 'square', options, call) {
@@ -63,9 +68,9 @@ export function createQueueAPI(config = {}) {
         callOptions);
     },
 
-    queueBulkFaceCrop(recordIds, projectId, photoUrls, mode = 'square', options, call) {
+    queueBulkFaceCrop(recordIds, projectId, photos, mode = 'square', options, call) {
       const { fields, options: callOptions } = submit(call);
-      return client.bulkCropFace({ recordIds, projectId, photoUrls, mode, options, ...fields }, callOptions);
+      return client.bulkCropFace({ recordIds, projectId, ...photosField(photos), mode, options, ...fields }, callOptions);
     },
 
     queueIdPhoto(recordId, projectId, photo, spec = 'icao', options, call) {
@@ -74,10 +79,9 @@ export function createQueueAPI(config = {}) {
         callOptions);
     },
 
-    queueBulkIdPhoto(recordIds, projectId, photoUrls, spec = 'icao', options, call) {
+    queueBulkIdPhoto(recordIds, projectId, photos, spec = 'icao', options, call) {
       const { fields, options: callOptions } = submit(call);
-      const { wait, ...rest } = fields; // bulk calls do not wait
-      return client.bulkIdPhoto({ recordIds, projectId, photoUrls, spec, options: options ?? undefined, ...rest },
+      return client.bulkIdPhoto({ recordIds, projectId, ...photosField(photos), spec, options: options ?? undefined, ...fields },
         callOptions);
     },
 

@@ -7,10 +7,11 @@
 // A new route is one entry here, one method in client.js and its types in index.d.ts.
 //
 // Entry: method, path (OpenAPI form, {param}), request (the TypeScript type of the body),
-// form (the type of the multipart form a route takes besides JSON: a photo sent itself),
+// form (the type of the multipart form a route takes besides JSON: a photo, or bulk photos, sent
+// themselves),
 // response (the TypeScript type of the 2xx JSON answer; omitted for non-JSON answers),
 // responses (by status, where the route has more than one 2xx JSON answer: `wait` answers 200
-// with the finished job, else 202), query (the TypeScript type of the query parameters),
+// with the finished job or jobs, else 202), query (the TypeScript type of the query parameters),
 // contentType of the body when it is only multipart.
 
 /** @type {Readonly<Record<string, import('./routes.d.ts').Route>>} */
@@ -18,18 +19,23 @@ export const ROUTES = Object.freeze({
   // --- single and bulk jobs (/api/image-queue) ---
   cropFace: { method: 'POST', path: '/api/image-queue/crop-face-queue', request: 'CropFaceRequest', form: 'CropFaceUpload',
     response: 'JobQueued', responses: { 200: 'JobFinished', 202: 'JobQueued' } },
-  bulkCropFace: { method: 'POST', path: '/api/image-queue/bulk-crop-face', request: 'BulkCropFaceRequest', response: 'BulkQueued' },
+  bulkCropFace: { method: 'POST', path: '/api/image-queue/bulk-crop-face', request: 'BulkCropFaceRequest',
+    form: 'BulkCropFaceUpload', response: 'BulkQueued', responses: { 200: 'BulkFinished', 202: 'BulkQueued' } },
   removeBackground: { method: 'POST', path: '/api/image-queue/remove-bg-queue', request: 'RemoveBgRequest', form: 'RemoveBgUpload',
     response: 'JobQueued', responses: { 200: 'JobFinished', 202: 'JobQueued' } },
-  bulkRemoveBackground: { method: 'POST', path: '/api/image-queue/bulk-remove-bg', request: 'BulkRemoveBgRequest', response: 'BulkQueued' },
+  bulkRemoveBackground: { method: 'POST', path: '/api/image-queue/bulk-remove-bg', request: 'BulkRemoveBgRequest',
+    form: 'BulkRemoveBgUpload', response: 'BulkQueued', responses: { 200: 'BulkFinished', 202: 'BulkQueued' } },
   idPhoto: { method: 'POST', path: '/api/image-queue/id-photo-queue', request: 'IdPhotoRequest', form: 'IdPhotoUpload',
     response: 'JobQueued', responses: { 200: 'JobFinished', 202: 'JobQueued' } },
-  bulkIdPhoto: { method: 'POST', path: '/api/image-queue/bulk-id-photo', request: 'BulkIdPhotoRequest', response: 'BulkQueued' },
+  bulkIdPhoto: { method: 'POST', path: '/api/image-queue/bulk-id-photo', request: 'BulkIdPhotoRequest',
+    form: 'BulkIdPhotoUpload', response: 'BulkQueued', responses: { 200: 'BulkFinished', 202: 'BulkQueued' } },
   job: { method: 'GET', path: '/api/image-queue/job/{jobId}', response: 'JobStatus' },
   cancelJob: { method: 'DELETE', path: '/api/image-queue/job/{jobId}', response: 'JobCanceled' },
   record: { method: 'GET', path: '/api/image-queue/record/{recordId}', response: 'RecordAnswer' },
   listRecords: { method: 'GET', path: '/api/image-queue/records', response: 'RecordsPage', query: 'RecordsQuery' },
   queueStats: { method: 'GET', path: '/api/image-queue/queue-stats', response: 'QueueStats' },
+  // --- usage (/api/usage) ---
+  usage: { method: 'GET', path: '/api/usage', response: 'Usage', query: 'UsageQuery' },
   // --- batches (/api/batch) ---
   uploadZip: { method: 'POST', path: '/api/batch/upload-zip', request: 'UploadZipRequest', response: 'BatchQueued', contentType: 'multipart/form-data' },
   addImages: { method: 'POST', path: '/api/batch/add-images', request: 'AddImagesRequest', response: 'BatchQueued' },

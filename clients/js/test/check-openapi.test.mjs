@@ -147,3 +147,16 @@ test('a route taking JSON and a multipart form checks the form against its own t
   doc.paths['/things'].post.requestBody.content['multipart/form-data'].schema.properties.doctored = { type: 'string' };
   assert.deepEqual(check(doc, { dts, routes }), ['makeThing form (ThingUpload).doctored: not declared in ThingUpload (index.d.ts)']);
 });
+
+test('a repeated form part (files[]) is declared as the array field without []', () => {
+  const doc = documentFor();
+  doc.paths['/things'].post.requestBody.content['multipart/form-data'] = { schema: { type: 'object', required: ['files[]'],
+    properties: { 'files[]': { type: 'array', items: { type: 'string', format: 'binary' } }, name: { type: 'string' } } } };
+  const routes = { ...ROUTES_OK, makeThing: { ...ROUTES_OK.makeThing, form: 'ThingsUpload' } };
+  const dts = `${DTS}\nexport interface ThingsUpload { files: Blob[]; name?: string }\n`;
+  assert.deepEqual(check(doc, { dts, routes }), []);
+  assert.deepEqual(check(doc, { dts: dts.replace('files: Blob[]', 'files?: Blob[]'), routes }),
+    ['makeThing form (ThingsUpload).files[]: required by the document, optional in ThingsUpload']);
+  assert.deepEqual(check(doc, { dts: dts.replace('files: Blob[]; ', ''), routes }),
+    ['makeThing form (ThingsUpload).files[]: not declared in ThingsUpload (index.d.ts) (as files)']);
+});

@@ -435,3 +435,86 @@ test('ID photos: JSON with a spec, or the photo itself with a custom spec sent a
     assert.deepEqual(JSON.parse(bulk.body), { recordIds: ['r3'], projectId: 'p1', photoUrls: ['https://x.test/b.jpg'], spec: 'icao' });
   });
 });
+
+test('usage: GET /api/usage with the key, projectId as a query parameter when given', async () => {
+  const usage = { success: true, vendorId: 'acme', projectId: 'p 1', operations: {}, rateLimits: [{ category: 'reads',
+    limit: '300/1 minute', source: 'default', windows: [{ limit: 300, per: '1 minute', remaining: 299, resetsInSeconds: 42 }] }] };
+  await withServer((req, body, res) => json(res, 200, usage), async (server) => {
+    const api = client(server.url);
+    assert.deepEqual(await api.usage({ projectId: 'p 1' }), usage);
+    await api.usage();
+    const [one, all] = server.requests;
+    assert.equal(one.method, 'GET');
+    assert.equal(one.url, '/api/usage?projectId=p+1');
+    assert.equal(one.headers['x-api-key'], 'iq_test');
+    assert.equal(one.headers['idempotency-key'], undefined);
+    assert.equal(all.url, '/api/usage');
+  });
+});
+
+test('bulk calls with the photos themselves: multipart files[] in order, recordIds as JSON text; 200 with every job', async () => {
+  const forms = [];
+  const job = (id, recordId) => ({ success: true, id, jobId: id, recordId, state: 'completed', progress: 100, data: {},
+    result: { photoUrl: `/files/crops/${recordId}.jpg` }, attempts: 1, maxAttempts: 3 });
+  const finished = { success: true, count: 2, jobs: [job('j1', 'r1'), job('j2', 'r2')] };
+  await withServer(async (req, body, res) => {
+    if (req.headers['content-type'].startsWith('multipart/')) {
+      forms.push(await new Response(body, { headers: { 'content-type': req.headers['content-type'] } }).formData());
+    }
+    return req.url.endsWith('bulk-crop-face') ? json(res, 200, finished)
+      : json(res, 202, { success: true, jobIds: ['j3'], recordIds: ['r3'], count: 1, message: 'm', estimatedTime: 't' });
+  }, async (server) => {
+    const api = client(server.url);
+    const first = new File([new Uint8Array([0xff, 0xd8, 1])], 'one.jpg', { type: 'image/jpeg' });
+    const answer = await api.bulkCropFace({ recordIds: ['r1', 'r2'], projectId: 'p1', mode: 'passport',
+      files: [first, new Uint8Array([0x89, 0x50, 2, 3])], options: { format: 'png' }, wait: 20 });
+    assert.deepEqual(answer, finished); // 200: every job finished within the wait
+    const queued = await api.bulkIdPhoto({ recordIds: ['r3'], projectId: 'p1', spec: 'us', files: [new Blob([new Uint8Array([9])])],
+      filenames: ['three.jpg'] });
+    assert.deepEqual(queued.jobIds, ['j3']); // 202: queued
+    await api.bulkRemoveBackground({ recordIds: ['r4'], projectId: 'p1', photoUrls: ['https://x.test/a.jpg'], wait: 5 });
+    const [crop, id, json202] = server.requests;
+    assert.equal(crop.url, '/api/image-queue/bulk-crop-face');
+    assert.match(crop.headers['content-type'], /^multipart\/form-data; boundary=/);
+    assert.match(crop.headers['idempotency-key'], UUID);
+    const [cropForm, idForm] = forms;
+    assert.deepEqual(JSON.parse(cropForm.get('recordIds')), ['r1', 'r2']);
+    assert.equal(cropForm.get('mode'), 'passport');
+    assert.equal(cropForm.get('wait'), '20');
+    assert.deepEqual(JSON.parse(cropForm.get('options')), { format: 'png' });
+    assert.equal(cropForm.get('file'), null);
+    assert.equal(cropForm.get('files'), null);
+    const files = cropForm.getAll('files[]');
+    assert.deepEqual(files.map((f) => f.name), ['one.jpg', 'photo-2']);
+    assert.deepEqual(new Uint8Array(await files[0].arrayBuffer()), new Uint8Array([0xff, 0xd8, 1]));
+    assert.deepEqual(new Uint8Array(await files[1].arrayBuffer()), new Uint8Array([0x89, 0x50, 2, 3]));
+    const text = crop.body.toString('latin1');
+    assert.ok(text.indexOf('name="files[]"') > text.indexOf('name="recordIds"'), 'the files come after the fields');
+    assert.equal(id.url, '/api/image-queue/bulk-id-photo');
+    assert.equal(idForm.get('spec'), 'us');
+    assert.deepEqual(idForm.getAll('files[]').map((f) => f.name), ['three.jpg']);
+    assert.equal(json202.headers['content-type'], 'application/json');
+    assert.deepEqual(JSON.parse(json202.body), { recordIds: ['r4'], projectId: 'p1', photoUrls: ['https://x.test/a.jpg'], wait: 5 });
+    assert.throws(() => api.bulkCropFace({ recordIds: ['r1'], projectId: 'p1', mode: 'square', files: 'nope' }), TypeError);
+  });
+});
+
+test('queueAPI bulk calls take the photos themselves and wait', async () => {
+  const forms = [];
+  await withServer(async (req, body, res) => {
+    forms.push(await new Response(body, { headers: { 'content-type': req.headers['content-type'] } }).formData());
+    return json(res, 200, { success: true, count: 0, jobs: [] });
+  }, async (server) => {
+    const queueAPI = createQueueAPI(client(server.url));
+    const photos = [new Blob([new Uint8Array([1])]), new Blob([new Uint8Array([2])])];
+    assert.deepEqual((await queueAPI.queueBulkIdPhoto(['r1', 'r2'], 'p1', photos, 'icao', null, { wait: 10 })).jobs, []);
+    await queueAPI.queueBulkBackgroundRemoval(['r1', 'r2'], 'p1', photos, { maxSide: 512 });
+    const [idForm, bgForm] = forms;
+    assert.equal(idForm.getAll('files[]').length, 2);
+    assert.equal(idForm.get('spec'), 'icao');
+    assert.equal(idForm.get('wait'), '10');
+    assert.deepEqual(JSON.parse(bgForm.get('options')), { maxSide: 512 });
+    assert.equal(bgForm.get('wait'), null);
+    assert.deepEqual(server.requests.map((r) => r.url), ['/api/image-queue/bulk-id-photo', '/api/image-queue/bulk-remove-bg']);
+  });
+});
