@@ -98,6 +98,9 @@ def record_fields(outcome: dict[str, Any]) -> dict[str, Any]:
                 "face_detected": outcome.get("face_detected"), "face_count": outcome.get("face_count"),
                 "face_box": outcome.get("face_box"), "output_width": outcome.get("output_width"),
                 "output_height": outcome.get("output_height"), "error_code": None, "error_message": None,
+                "thumbnail_url": outcome.get("thumbnail_url"),
+                "source_thumbnail_url": outcome.get("source_thumbnail_url"),
+                "faces_json": outcome.get("faces_json"), "roll_degrees": outcome.get("roll_degrees"),
                 "completed_at": datetime.now(UTC)}
     return {"processing_status": contracts.STATUS_FAILED, "error_code": outcome["error_code"],
             "error_message": outcome["error_message"]}

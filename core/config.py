@@ -109,6 +109,9 @@ class Settings:
     # zlib level (0-9) of the cut-out PNGs the workers encode (jobs/imaging/cutout.py). 1 is
     # ~4x faster than 6 at 12 MP for ~14-18 % more bytes (docs/background.md has the measurements).
     bg_png_compress_level: int = 1
+    # Long side (pixels) of the previews the workers keep of each source and output, made from the
+    # pixels already decoded (jobs/imaging/thumbnails.py) and shown by the console; 0 turns them off.
+    thumbnail_max_px: int = 256
 
     # --- batches -----------------------------------------------------------------------
     # Folder shared by the API (uploads) and the ingestion/face-detection workers (extracted images).

@@ -46,6 +46,7 @@ from core.errors import (
 )
 from core.logs import with_job_context
 from jobs.context import Context, context
+from jobs.previews import store_previews
 from jobs.settle import settle_failure
 from jobs.storage import safe_key
 
@@ -241,7 +242,7 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
     ctx.db.count_attempt(batch_id, [item["seq"] for item in items])
     outcomes: list[dict[str, Any]] = []
     transient: list[tuple[int, JobError]] = []
-    keys: dict[int, str] = {}
+    keys: dict[int, tuple[str, ...]] = {}  # per seq: the output's storage key and its thumbnails'
     remover: _BackgroundRemover | _IdPhotoMaker | None = None
     if operation == contracts.OPERATION_REMOVE_BG:
         remover = _BackgroundRemover(ctx, job.connection, batch)
@@ -259,22 +260,25 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
             else:
                 data = _read_source(item["source"])
             if remover is not None:
-                outcome, key = remover.run(item, data)
-                keys[item["seq"]] = key
+                outcome, stored_keys = remover.run(item, data)
+                keys[item["seq"]] = stored_keys
                 outcomes.append(outcome)
                 continue
             assert options is not None
             result = _crop(face_crop, data, batch["mode"], options, ctx.settings.max_image_pixels,
-                           ctx.settings.face_detector)
+                           ctx.settings.face_detector, ctx.settings.thumbnail_max_px)
             key = safe_key(batch["vendor_id"], "batches", batch_id, f"{item['seq']:07d}.{result.extension}")
             url = ctx.storage.put(key, result.data, result.content_type)
-            keys[item["seq"]] = key
+            previews = store_previews(ctx.storage, key, result)
+            keys[item["seq"]] = (key, *previews.keys)
             details = result.to_result()
             outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                              "status": ITEM_COMPLETED,
                              "output_url": url, "face_detected": details["faceDetected"],
                              "face_count": details["faceCount"], "face_box": details["faceBox"],
-                             "output_width": details["width"], "output_height": details["height"]})
+                             "output_width": details["width"], "output_height": details["height"],
+                             "faces_json": details["faces"], "roll_degrees": details["rollDegrees"],
+                             **previews.to_columns()})
         except JobError as exc:
             if not exc.permanent:
                 transient.append((item["seq"], exc))
@@ -285,7 +289,8 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
     recorded = record_outcomes(ctx.db, ctx.settings, batch, outcomes)
     for outcome in outcomes:  # finished as the batch was canceled: not part of its results
         if outcome["seq"] not in recorded and outcome["seq"] in keys and _item_canceled(ctx, batch_id, outcome):
-            ctx.storage.delete(keys[outcome["seq"]])
+            for stored in keys[outcome["seq"]]:  # the output and its thumbnails
+                ctx.storage.delete(stored)
     webhook_events.notify_batch_if_final(ctx.db, ctx.settings, job.connection, batch_id, batch)
     outcomes = [outcome for outcome in outcomes if outcome["seq"] in recorded]
     failed = sum(o["status"] == ITEM_FAILED for o in outcomes)
@@ -322,19 +327,20 @@ class _BackgroundRemover:
         self.options = contracts.remove_bg_options_from_dict(batch["options"])
         self.pool = RembgPool.from_settings(ctx.settings, connection)
 
-    def run(self, item: dict[str, Any], data: bytes) -> tuple[dict[str, Any], str]:
-        """The item's completed outcome and the storage key of its output."""
+    def run(self, item: dict[str, Any], data: bytes) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The item's completed outcome and the storage keys of its output and thumbnails."""
         from jobs.imaging import background
 
         output, _removed = background.remove_background(
             data, self.options, self.pool, max_pixels=self.ctx.settings.max_image_pixels,
-            png_level=self.ctx.settings.bg_png_compress_level)
+            png_level=self.ctx.settings.bg_png_compress_level, thumbnail_px=self.ctx.settings.thumbnail_max_px)
         key = safe_key(self.batch["vendor_id"], "batches", self.batch["batch_id"],
                        f"{item['seq']:07d}.{output.extension}")
         url = self.ctx.storage.put(key, output.data, output.content_type)
+        previews = store_previews(self.ctx.storage, key, output)
         return ({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                  "status": ITEM_COMPLETED, "output_url": url, "output_width": output.width,
-                 "output_height": output.height}, key)
+                 "output_height": output.height, **previews.to_columns()}, (key, *previews.keys))
 
 
 class _IdPhotoMaker:
@@ -351,30 +357,34 @@ class _IdPhotoMaker:
         self.spec, self.options = from_job_options(batch["options"])
         self.pool = RembgPool.from_settings(ctx.settings, connection)
 
-    def run(self, item: dict[str, Any], data: bytes) -> tuple[dict[str, Any], str]:
-        """The item's completed outcome and the storage key of its output."""
+    def run(self, item: dict[str, Any], data: bytes) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The item's completed outcome and the storage keys of its output and thumbnails."""
         from jobs.imaging import id_photo
 
         result = id_photo.process(data, self.spec, self.options, self.pool,
                                   max_pixels=self.ctx.settings.max_image_pixels,
-                                  model=self.ctx.settings.rembg_models[0])
+                                  model=self.ctx.settings.rembg_models[0],
+                                  thumbnail_px=self.ctx.settings.thumbnail_max_px)
         key = safe_key(self.batch["vendor_id"], "batches", self.batch["batch_id"],
                        f"{item['seq']:07d}.{result.extension}")
         url = self.ctx.storage.put(key, result.data, result.content_type)
+        previews = store_previews(self.ctx.storage, key, result)
         return ({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                  "status": ITEM_COMPLETED, "output_url": url, "face_detected": True, "face_count": 1,
-                 "face_box": result.face_box, "output_width": result.width, "output_height": result.height}, key)
+                 "face_box": result.face_box, "output_width": result.width, "output_height": result.height,
+                 **previews.to_columns()}, (key, *previews.keys))
 
 
 def _crop(face_crop: Any, data: bytes, mode: str, options: contracts.CropOptions, max_pixels: int,
-          detector: str) -> Any:
+          detector: str, thumbnail_px: int = 0) -> Any:
     """The batch's face crop: options.detector, else FACE_DETECTOR (``detector``).
 
     Haar searches with its ``batch`` profile: the fast ``portrait`` search (faces >= 10% of the
     short side) and, only on no face, the general one, from the same decode, so batch recall is
     never below the single-job pipeline's. YuNet's coarse-to-fine passes are the same for both.
     """
-    return face_crop.process(data, mode, options, max_pixels=max_pixels, profile="batch", detector=detector)
+    return face_crop.process(data, mode, options, max_pixels=max_pixels, profile="batch", detector=detector,
+                             thumbnail_px=thumbnail_px)
 
 
 def _read_source(path: str) -> bytes:

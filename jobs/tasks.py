@@ -24,6 +24,7 @@ from core.errors import CANCELED, RECORD_SUPERSEDED, JobError, PermanentJobError
 from core.logs import with_job_context
 from core.payloads import ImageJobPayload
 from jobs.context import Context, context
+from jobs.previews import store_previews
 from jobs.settle import settle_failure
 from jobs.storage import safe_key
 
@@ -79,7 +80,14 @@ def _stored_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str
         "faceBox": record.get("face_box"),  # decoded by Records.get_record
         "width": record.get("output_width"),
         "height": record.get("output_height"),
+        "faces": record.get("faces_json") or [],  # decoded by Records.get_record
+        "rollDegrees": record.get("roll_degrees"),
+        **_stored_previews(record),
     }
+
+
+def _stored_previews(record: dict[str, Any]) -> dict[str, Any]:
+    return {"thumbnailUrl": record.get("thumbnail_url"), "sourceThumbnailUrl": record.get("source_thumbnail_url")}
 
 
 def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +102,7 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     vendor_id, project_id, record_id = image_job.vendor_id, image_job.project_id, image_job.record_id
     stored = _begin(job, ctx, image_job)
     if stored is not None:
-        # The record row has no faces, rollDegrees or detector: a re-run returns the first
+        # The record row has no detector: a re-run returns the first
         # run's whole result while RQ still holds it (JOB_RESULT_TTL_S), else the stored fields.
         previous = job.return_value()
         if isinstance(previous, dict) and previous.get("photoUrl") == stored.get("photoUrl"):
@@ -106,10 +114,12 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     _progress(job, 30)
     options = contracts.crop_options_from_dict(image_job.options)
     result = face_crop.process(fetched.data, str(image_job.mode), options,
-                               max_pixels=ctx.settings.max_image_pixels, detector=ctx.settings.face_detector)
+                               max_pixels=ctx.settings.max_image_pixels, detector=ctx.settings.face_detector,
+                               thumbnail_px=ctx.settings.thumbnail_max_px)
     _progress(job, 70)
     key = safe_key(vendor_id, project_id, record_id, f"face-crop-{job.id}.{result.extension}")
     url = ctx.storage.put(key, result.data, result.content_type)
+    previews = store_previews(ctx.storage, key, result)
     _progress(job, 90)
     details = result.to_result()
     ctx.db.update_record(vendor_id, record_id, {
@@ -120,12 +130,16 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
         "face_box": details["faceBox"],
         "output_width": details["width"],
         "output_height": details["height"],
+        "faces_json": details["faces"],
+        "roll_degrees": details["rollDegrees"],
+        **previews.to_columns(),
         "error_code": None,
         "error_message": None,
         "completed_at": _now(),
     }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
     log.info("job=%s vendor=%s record=%s completed: %s", job.id, vendor_id, record_id, url)
-    return {"success": True, "recordId": record_id, "mode": image_job.mode, "photoUrl": url, **details}
+    return {"success": True, "recordId": record_id, "mode": image_job.mode, "photoUrl": url, **details,
+            **previews.to_result()}
 
 
 def _stored_bg_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str, Any]:
@@ -138,6 +152,7 @@ def _stored_bg_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[
         "width": record.get("output_width"),
         "height": record.get("output_height"),
         "options": payload.options,
+        **_stored_previews(record),
     }
 
 
@@ -164,17 +179,20 @@ def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
     # rembg computes the mask; the worker composites and encodes the cut-out (jobs/imaging/background.py).
     output, removed = background.remove_background(
         fetched.data, options, RembgPool.from_settings(ctx.settings, job.connection),
-        max_pixels=ctx.settings.max_image_pixels, png_level=ctx.settings.bg_png_compress_level)
+        max_pixels=ctx.settings.max_image_pixels, png_level=ctx.settings.bg_png_compress_level,
+        thumbnail_px=ctx.settings.thumbnail_max_px)
     job.meta["rembg_instance"] = removed.instance  # operators' view (rq-dashboard), not the vendor's
     _progress(job, 80)
     key = safe_key(vendor_id, project_id, record_id, f"remove-bg-{job.id}.{output.extension}")
     url = ctx.storage.put(key, output.data, output.content_type)
+    previews = store_previews(ctx.storage, key, output)
     _progress(job, 90)
     ctx.db.update_record(vendor_id, record_id, {
         "processing_status": contracts.STATUS_COMPLETED,
         "output_url": url,
         "output_width": output.width,
         "output_height": output.height,
+        **previews.to_columns(),
         "error_code": None,
         "error_message": None,
         "completed_at": _now(),
@@ -182,7 +200,7 @@ def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
     log.info("job=%s vendor=%s record=%s completed on %s: %s", job.id, vendor_id, record_id,
              removed.instance, url)
     return {"success": True, "recordId": record_id, "photoUrl": url, "format": output.format,
-            "width": output.width, "height": output.height, "options": options.to_dict()}
+            "width": output.width, "height": output.height, "options": options.to_dict(), **previews.to_result()}
 
 
 def _stored_id_photo_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str, Any]:
@@ -196,6 +214,7 @@ def _stored_id_photo_result(record: dict[str, Any], payload: ImageJobPayload) ->
         "faceBox": record.get("face_box"),
         "compliant": bool(report and report.get("compliant")),
         "report": report,
+        **_stored_previews(record),
     }
 
 
@@ -221,11 +240,13 @@ def id_photo(payload: dict[str, Any]) -> dict[str, Any]:
     fetched = fetch_image(image_job.photo_url, ctx.settings)
     _progress(job, 25)
     result = maker.process(fetched.data, spec, options, RembgPool.from_settings(ctx.settings, job.connection),
-                           max_pixels=ctx.settings.max_image_pixels, model=ctx.settings.rembg_models[0])
+                           max_pixels=ctx.settings.max_image_pixels, model=ctx.settings.rembg_models[0],
+                           thumbnail_px=ctx.settings.thumbnail_max_px)
     job.meta["rembg_instance"] = result.rembg_instance
     _progress(job, 80)
     key = safe_key(vendor_id, project_id, record_id, f"id-photo-{job.id}.{result.extension}")
     url = ctx.storage.put(key, result.data, result.content_type)
+    previews = store_previews(ctx.storage, key, result)
     _progress(job, 90)
     details = result.to_result()
     ctx.db.update_record(vendor_id, record_id, {
@@ -237,13 +258,15 @@ def id_photo(payload: dict[str, Any]) -> dict[str, Any]:
         "output_width": result.width,
         "output_height": result.height,
         "report_json": details["report"],
+        **previews.to_columns(),
         "error_code": None,
         "error_message": None,
         "completed_at": _now(),
     }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
     log.info("job=%s vendor=%s record=%s completed (compliant=%s): %s", job.id, vendor_id, record_id,
              details["compliant"], url)
-    return {"success": True, "recordId": record_id, "photoUrl": url, "format": options.format, **details}
+    return {"success": True, "recordId": record_id, "photoUrl": url, "format": options.format, **details,
+            **previews.to_result()}
 
 
 @with_job_context

@@ -4,10 +4,10 @@ The first design document asks for periodic cleanup of old processed records. Wh
 its last change is older than the retention:
 
 - record rows that are ``completed`` or ``failed`` (never ``queued`` or ``processing``), and the
-  output file each points at when local storage holds it (``STORAGE_BACKEND=local``; Cloudinary
+  output file and thumbnails each points at when local storage holds them (``STORAGE_BACKEND=local``; Cloudinary
   keeps its own copies: delete those with Cloudinary's tools if you want them gone);
 - batches that are ``completed``, ``completed_with_errors`` or ``failed`` with no image still
-  ``pending``, with their image rows, their local output files, and their folder of extracted
+  ``pending``, with their image rows, their local output files and thumbnails, and their folder of extracted
   images and uploaded ZIP under ``UPLOAD_DIR`` when still there;
 - hidden temporary files (``.<name>.<random>.tmp``) a killed upload left in local storage, once
   an hour old.
@@ -42,6 +42,8 @@ FINISHED_RECORD = ("completed", "failed")
 FINISHED_BATCH = ("completed", "completed_with_errors", "failed")
 PAGE = 500
 TEMP_FILE_AGE_S = 3600
+# A row's stored files: the output and the thumbnails kept beside it (jobs/previews.py).
+_FILE_COLUMNS = ("output_url", "thumbnail_url", "source_thumbnail_url")
 
 
 @dataclass
@@ -131,7 +133,8 @@ class Cleanup:
         after = 0
         while True:
             page = self.db._fetch_all(
-                "SELECT id, output_url FROM data_records WHERE processing_status IN (?, ?) AND updated_at < ?"
+                "SELECT id, output_url, thumbnail_url, source_thumbnail_url FROM data_records"
+                " WHERE processing_status IN (?, ?) AND updated_at < ?"
                 " AND id > ? ORDER BY id LIMIT ?", (*FINISHED_RECORD, self.cutoff, after, PAGE))
             if not page:
                 return
@@ -147,7 +150,7 @@ class Cleanup:
                     f"SELECT id FROM data_records WHERE id IN ({_in(ids)})", tuple(ids))}
                 deleted = [row for row in page if row["id"] not in kept]
             self.result.records += len(deleted)
-            self._delete_files([row["output_url"] for row in deleted])
+            self._delete_files([row[column] for row in deleted for column in _FILE_COLUMNS])
 
     # --- batches --------------------------------------------------------------------------
     def _due_batches(self, after: str) -> list[dict[str, Any]]:
@@ -164,8 +167,9 @@ class Cleanup:
                 self._batch(row["batch_id"])
 
     def _batch(self, batch_id: str) -> None:
-        urls = [item["output_url"] for item in self.db._fetch_all(
-            "SELECT output_url FROM batch_items WHERE batch_id = ? AND output_url IS NOT NULL", (batch_id,))]
+        urls = [item[column] for item in self.db._fetch_all(
+            "SELECT output_url, thumbnail_url, source_thumbnail_url FROM batch_items"
+            " WHERE batch_id = ? AND output_url IS NOT NULL", (batch_id,)) for column in _FILE_COLUMNS]
         if not self.dry_run:
             gone = self.db._write(
                 "DELETE FROM batches WHERE batch_id = ? AND status IN (?, ?, ?) AND updated_at < ? AND NOT EXISTS"

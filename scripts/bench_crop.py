@@ -5,7 +5,8 @@ path through the running stack, in one run.
 Builds ~30 portrait JPEGs of 1-3 MP in memory from scikit-image's astronaut and LFW faces,
 runs ``jobs.imaging.face_crop.process`` over them in one process (one OpenCV thread, as a worker
 does) for each detector and prints ms/image (mean, p50, p95), images/s and where the time goes
-(each step's ms and share: decode, detect, level (passport/idcard), crop, encode).
+(each step's ms and share: decode, detect, level (passport/idcard), crop, encode, and the source
+and output thumbnails the workers keep, ``--thumbnail-px``, THUMBNAIL_MAX_PX's default 256).
 
     .venv/bin/python scripts/bench_crop.py [--photos 30] [--mode square] [--detectors haar yunet]
 
@@ -38,7 +39,7 @@ from jobs.imaging import face_crop  # noqa: E402
 
 # Portrait sizes (width, height) between 1 and 3 megapixels.
 SIZES = [(900, 1200), (1200, 1600), (1500, 2000), (1080, 1350), (1400, 1750)]
-STEPS = ("decode", "detect", "level", "crop", "encode")
+STEPS = ("decode", "detect", "level", "crop", "encode", "thumbnails")
 DETECTORS = ("haar", "yunet")
 
 
@@ -80,8 +81,13 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def plain_loop(images: list[bytes], mode: str = "square", options: CropOptions | None = None) -> dict[str, Any]:
-    """Run ``face_crop.process`` over ``images`` one after another; timing summary in ms."""
+def plain_loop(images: list[bytes], mode: str = "square", options: CropOptions | None = None,
+               thumbnail_px: int = 0) -> dict[str, Any]:
+    """Run ``face_crop.process`` over ``images`` one after another; timing summary in ms.
+
+    ``thumbnail_px`` > 0 also makes the source and output thumbnails, as the workers do
+    (THUMBNAIL_MAX_PX); their cost shows as the ``thumbnails`` step.
+    """
     options = options or CropOptions()
     face_crop.preload(options.detector or face_crop.DEFAULT_DETECTOR)  # as the worker parent does
     face_crop.process(images[0], mode, options)  # warm-up: first-call allocations
@@ -92,7 +98,7 @@ def plain_loop(images: list[bytes], mode: str = "square", options: CropOptions |
     for data in images:
         t0 = time.perf_counter()
         try:
-            result = face_crop.process(data, mode, options, timings=steps)
+            result = face_crop.process(data, mode, options, timings=steps, thumbnail_px=thumbnail_px)
             detected += result.face_detected
         except PermanentJobError:
             failed += 1
@@ -218,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-processing-workers", type=int, default=5,
                         help="full path: Procfile image_processing workers (they drain face-crop too)")
     parser.add_argument("--no-full-path", action="store_true", help="only the plain loop")
+    parser.add_argument("--thumbnail-px", type=int, default=256,
+                        help="plain loop: thumbnails' long side as THUMBNAIL_MAX_PX (default 256; 0: none)")
     parser.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS),
                         help="face detectors to compare (default: both)")
     args = parser.parse_args(argv)
@@ -227,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     mp = [w * h / 1e6 for w, h in megapixels]
     print(f"built {len(photos)} JPEG portraits, {min(mp):.1f}-{max(mp):.1f} MP,"
           f" {sum(map(len, photos)) / len(photos) / 1024:.0f} KiB avg, in {time.perf_counter() - t0:.1f} s")
-    loops = {name: plain_loop(photos, args.mode, CropOptions(detector=name)) for name in args.detectors}
+    loops = {name: plain_loop(photos, args.mode, CropOptions(detector=name), args.thumbnail_px)
+             for name in args.detectors}
     print_summary(loops)
     if len(loops) == 2:
         print(f"  speed-up yunet / haar: {loops['yunet']['images_per_s'] / loops['haar']['images_per_s']:.2f}x")

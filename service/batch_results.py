@@ -44,7 +44,9 @@ from core.db.database import Database
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("seq", "recordId", "entry", "status", "outputUrl", "faceDetected", "faceCount", "faceBox",
-                  "width", "height", "errorCode", "errorMessage", "attempts")
+                  "width", "height", "errorCode", "errorMessage", "attempts", "thumbnailUrl", "sourceThumbnailUrl",
+                  "faces", "rollDegrees")
+_JSON_COLUMNS = ("faceBox", "faces")  # JSON text in the CSV
 ZIP_COLUMNS = (*RESULT_COLUMNS, "file")
 PAGE = 1000  # items read per query
 _PERMS = stat.S_IFREG | 0o644
@@ -95,7 +97,9 @@ def result_row(item: dict[str, Any]) -> dict[str, Any]:
             "status": item["status"], "outputUrl": item["output_url"], "faceDetected": item["face_detected"],
             "faceCount": item["face_count"], "faceBox": item["face_box"], "width": item["output_width"],
             "height": item["output_height"], "errorCode": item["error_code"],
-            "errorMessage": item["error_message"], "attempts": item["attempts"]}
+            "errorMessage": item["error_message"], "attempts": item["attempts"],
+            "thumbnailUrl": item.get("thumbnail_url"), "sourceThumbnailUrl": item.get("source_thumbnail_url"),
+            "faces": item.get("faces_json"), "rollDegrees": item.get("roll_degrees")}
 
 
 def items(db: Database, batch_id: str) -> Iterator[dict[str, Any]]:
@@ -115,7 +119,8 @@ def csv_lines(rows: Iterator[dict[str, Any]], columns: tuple[str, ...]) -> Itera
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for row in rows:
-        row["faceBox"] = json.dumps(row["faceBox"]) if row["faceBox"] else ""
+        for column in _JSON_COLUMNS:
+            row[column] = json.dumps(row[column]) if row.get(column) else ""
         writer.writerow(["" if row.get(column) is None else row[column] for column in columns])
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()

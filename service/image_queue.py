@@ -397,15 +397,19 @@ def _record_view(row: dict[str, Any]) -> dict[str, Any]:
         "record_id": "recordId", "project_id": "projectId", "processing_status": "status",
         "job_kind": "jobKind", "current_job_id": "jobId", "source_url": "sourceUrl",
         "output_url": "outputUrl", "face_detected": "faceDetected", "face_count": "faceCount",
-        "face_box": "faceBox", "output_width": "width", "output_height": "height",
-        "error_code": "errorCode", "error_message": "errorMessage", "attempts": "attempts",
+        "face_box": "faceBox", "faces_json": "faces", "roll_degrees": "rollDegrees",
+        "output_width": "width", "output_height": "height", "thumbnail_url": "thumbnailUrl",
+        "source_thumbnail_url": "sourceThumbnailUrl", "error_code": "errorCode", "error_message": "errorMessage",
+        "attempts": "attempts",
         "created_at": "createdAt", "updated_at": "updatedAt", "completed_at": "completedAt",
     }
     view = {out: row.get(key) for key, out in keys.items()}
     if view["faceDetected"] is not None:
         view["faceDetected"] = bool(view["faceDetected"])
-    if isinstance(view["faceBox"], str):
-        view["faceBox"] = json.loads(view["faceBox"])
+    for name in ("faceBox", "faces"):
+        text = view[name]
+        if isinstance(text, str):
+            view[name] = json.loads(text)
     report = row.get("report_json")
     if report is not None:  # ID photos only
         view["report"] = json.loads(report) if isinstance(report, str) else report

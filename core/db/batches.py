@@ -35,7 +35,10 @@ ITEM_CANCELED = "canceled"  # still pending when its batch was canceled (counted
 
 _BATCH_FIELDS = ("status", "image_count", "error_code", "error_message", "completed_at")
 _ITEM_RESULT_FIELDS = ("output_url", "face_detected", "face_count", "face_box", "output_width",
-                       "output_height", "error_code", "error_message")
+                       "output_height", "error_code", "error_message", "thumbnail_url", "source_thumbnail_url",
+                       "faces_json", "roll_degrees")
+_JSON_ITEM_FIELDS = ("face_box", "faces_json")  # written as JSON text, read back decoded
+_ITEM_RESULT_SELECT = ", ".join(f"i.{name}" for name in _ITEM_RESULT_FIELDS)
 _ITEM_COLUMNS = ("seq", "record_id", "entry_name", "source", "status", "error_code", "error_message")
 
 
@@ -189,8 +192,9 @@ class BatchRows(Engine):
             now = _now()
             for outcome in outcomes:
                 values = [outcome.get(name) for name in _ITEM_RESULT_FIELDS]
-                values[_ITEM_RESULT_FIELDS.index("face_box")] = (
-                    json.dumps(outcome["face_box"]) if outcome.get("face_box") is not None else None)
+                for name in _JSON_ITEM_FIELDS:
+                    values[_ITEM_RESULT_FIELDS.index(name)] = (
+                        json.dumps(outcome[name]) if outcome.get(name) is not None else None)
                 assignments = ", ".join(f"{name} = ?" for name in _ITEM_RESULT_FIELDS)
                 self._execute(cur, f"UPDATE batch_items SET status = ?, {assignments}, updated_at = ?"
                                    " WHERE batch_id = ? AND seq = ? AND status = ?",
@@ -216,8 +220,7 @@ class BatchRows(Engine):
         first. Rows are shaped like ``record_item_outcomes``' input (face_box decoded).
         """
         def work(cur: Any) -> list[dict[str, Any]]:
-            self._execute(cur, "SELECT i.seq, i.record_id, i.status, i.output_url, i.face_detected, i.face_count,"
-                               " i.face_box, i.output_width, i.output_height, i.error_code, i.error_message"
+            self._execute(cur, f"SELECT i.seq, i.record_id, i.status, {_ITEM_RESULT_SELECT}"
                                " FROM batch_items i JOIN data_records r"
                                " ON r.vendor_id = ? AND r.record_id = i.record_id AND r.current_job_id = i.batch_id"
                                " WHERE i.batch_id = ? AND i.seq BETWEEN ? AND ? AND i.status IN (?, ?)"
@@ -226,8 +229,7 @@ class BatchRows(Engine):
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
             for row in rows:
-                row["face_detected"] = None if row["face_detected"] is None else bool(row["face_detected"])
-                row["face_box"] = json.loads(row["face_box"]) if row["face_box"] else None
+                _decode_item(row)
             return rows
         return self._run(work)
 
@@ -278,19 +280,24 @@ class BatchRows(Engine):
     def batch_items(self, batch_id: str, *, after_seq: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
         """Up to ``limit`` items with seq > after_seq, in order (keyset pagination for results)."""
         def work(cur: Any) -> list[dict[str, Any]]:
-            self._execute(cur, "SELECT seq, record_id, entry_name, status, output_url, face_detected, face_count,"
-                               " face_box, output_width, output_height, error_code, error_message, attempts"
-                               " FROM batch_items WHERE batch_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            self._execute(cur, "SELECT i.seq, i.entry_name, i.attempts, i.record_id, i.status, "
+                               f"{_ITEM_RESULT_SELECT}"
+                               " FROM batch_items i WHERE i.batch_id = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
                           (batch_id, after_seq, limit))
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
             for row in rows:
-                if row["face_detected"] is not None:
-                    row["face_detected"] = bool(row["face_detected"])
-                if row["face_box"]:
-                    row["face_box"] = json.loads(row["face_box"])
+                _decode_item(row)
             return rows
         return self._run(work)
+
+
+def _decode_item(row: dict[str, Any]) -> dict[str, Any]:
+    """An item row as callers read it: face_detected a bool, face_box and faces_json decoded (or None)."""
+    row["face_detected"] = None if row["face_detected"] is None else bool(row["face_detected"])
+    for name in _JSON_ITEM_FIELDS:
+        row[name] = json.loads(row[name]) if row[name] else None
+    return row
 
 
 def _batch_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -16,10 +16,11 @@ from core.errors import RECORD_TOO_LARGE, PermanentJobError
 UPDATABLE_COLUMNS = frozenset({
     "processing_status", "job_kind", "source_url", "output_url", "face_detected", "face_count",
     "face_box", "output_width", "output_height", "error_code", "error_message", "attempts",
-    "completed_at", "report_json",
+    "completed_at", "report_json", "thumbnail_url", "source_thumbnail_url", "faces_json", "roll_degrees",
 })
 _RESULT_COLUMNS = ("output_url", "face_detected", "face_count", "face_box", "output_width",
-                   "output_height", "error_code", "error_message", "completed_at", "report_json")
+                   "output_height", "error_code", "error_message", "completed_at", "report_json",
+                   "thumbnail_url", "source_thumbnail_url", "faces_json", "roll_degrees")
 _TIMESTAMP_COLUMNS = ("created_at", "updated_at", "completed_at", "revoked_at")
 
 
@@ -156,7 +157,7 @@ class Records(Engine):
 
 
 def _record_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A data_records row as callers read it (timestamps ISO-8601, face_box decoded)."""
+    """A data_records row as callers read it (timestamps ISO-8601, face_box, faces_json and report_json decoded)."""
     for column in _TIMESTAMP_COLUMNS:
         if column in row:
             row[column] = _iso(row[column])
@@ -166,4 +167,6 @@ def _record_row(row: dict[str, Any]) -> dict[str, Any]:
         row["face_box"] = json.loads(row["face_box"])
     if row.get("report_json") is not None:
         row["report_json"] = json.loads(row["report_json"])
+    if row.get("faces_json") is not None:
+        row["faces_json"] = json.loads(row["faces_json"])
     return row

@@ -9,8 +9,8 @@ from typing import Any
 
 from core.db.engine import _INTEGRITY, Engine, _now, log
 
-SCHEMA_VERSION = 4  # 2: vendors.webhook_secret, batches.callback_url; 3: data_records.job_payload;
-# 4: batches.canceled, batches.operation
+SCHEMA_VERSION = 5  # 2: vendors.webhook_secret, batches.callback_url; 3: data_records.job_payload;
+# 4: batches.canceled, batches.operation; 5: thumbnails, faces and roll of records and batch items
 
 # Logical schema; {autoinc}, {ts} and {bool} are filled in by the dialect.
 _TABLES: list[tuple[str, list[str], list[tuple[str, str]]]] = [
@@ -71,6 +71,16 @@ _ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("batches", "operation", "VARCHAR(16) NOT NULL DEFAULT 'cropFace'"),
     # An ID photo's compliance report (JSON; jobs/imaging/report.py), decoded by Records.get_record.
     ("data_records", "report_json", "TEXT NULL"),
+    # Previews of the output and the source (jobs/imaging/thumbnails.py), stored beside the output.
+    ("data_records", "thumbnail_url", "TEXT NULL"),
+    ("data_records", "source_thumbnail_url", "TEXT NULL"),
+    ("batch_items", "thumbnail_url", "TEXT NULL"),
+    ("batch_items", "source_thumbnail_url", "TEXT NULL"),
+    # Every face found (JSON list of box, score, landmarks) and the chosen face's eye-line angle.
+    ("data_records", "faces_json", "TEXT NULL"),
+    ("data_records", "roll_degrees", "DOUBLE PRECISION NULL"),
+    ("batch_items", "faces_json", "TEXT NULL"),
+    ("batch_items", "roll_degrees", "DOUBLE PRECISION NULL"),
 ]
 
 

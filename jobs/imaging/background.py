@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from core.contracts import RemoveBgOptions
 from core.errors import NOT_AN_IMAGE, REMBG_UNAVAILABLE, PermanentJobError, TransientJobError
 from jobs.imaging import cutout
 from jobs.imaging.images import DECODE_ERRORS, open_image
+from jobs.imaging.thumbnails import Thumbnail, encode_thumbnail, shrink_image, thumbnail_of_image
 from jobs.rembg_pool import RembgCall, RembgResult
 
 # Modes rembg handles as they are; anything else (CMYK, 16-bit, float) is converted here.
@@ -63,6 +65,8 @@ class Output:
     format: str  # "png", "webp" or "jpeg"
     width: int
     height: int
+    thumbnail: Thumbnail | None = None  # the output's preview, alpha kept (None: THUMBNAIL_MAX_PX is 0)
+    source_thumbnail: Thumbnail | None = None  # the photo's, from the picture decoded for the cut-out
 
 
 class MaskSource(Protocol):
@@ -116,10 +120,21 @@ def rembg_call(options: RemoveBgOptions) -> RembgCall:
     return RembgCall(options.model, alpha_matting=options.alpha_matting, only_mask=not options.alpha_matting)
 
 
-def finish(png: bytes, prepared: Prepared, options: RemoveBgOptions, *, png_level: int) -> Output:
-    """The stored output from rembg's PNG (the mask, or alpha matting's cut-out) and the photo."""
+def finish(png: bytes, prepared: Prepared, options: RemoveBgOptions, *, png_level: int,
+           thumbnail_px: int = 0) -> Output:
+    """The stored output from rembg's PNG (the mask, or alpha matting's cut-out) and the photo.
+
+    ``thumbnail_px`` > 0 adds previews of the photo and of the output (``thumbnails.py``).
+    """
+    output = _finish(png, prepared, options, png_level, thumbnail_px)
+    if thumbnail_px <= 0:
+        return output
+    return replace(output, source_thumbnail=thumbnail_of_image(prepared.image, thumbnail_px))
+
+
+def _finish(png: bytes, prepared: Prepared, options: RemoveBgOptions, png_level: int, thumbnail_px: int) -> Output:
     if options.alpha_matting:
-        return _encode(_open_png(png, "RGBA"), options, png_level, as_is=png)
+        return _encode(_open_png(png, "RGBA"), options, png_level, thumbnail_px, as_is=png)
     mask = _open_png(png, "L")
     if prepared.model_side is not None and mask.size == (prepared.model_side, prepared.model_side):
         # What rembg's session does with the model's output (rembg/sessions/u2netp.py).
@@ -131,23 +146,23 @@ def finish(png: bytes, prepared: Prepared, options: RemoveBgOptions, *, png_leve
             f"{prepared.image.height} photo; check that every server runs the rembg of "
             "requirements-rembg.txt", code=REMBG_UNAVAILABLE)
     if options.only_mask:
-        return _encode(mask, options, png_level, as_is=png or None)
+        return _encode(mask, options, png_level, thumbnail_px, as_is=png or None)
     # Shrinking photo and mask before compositing gives the same cut-out as shrinking the
     # full-size one, for a fraction of the work.
     image = cutout.fit_within(prepared.image, options.max_side)
     mask = cutout.fit_within(mask, options.max_side)
-    return _encode(cutout.naive_cutout(image, mask), options, png_level)
+    return _encode(cutout.naive_cutout(image, mask), options, png_level, thumbnail_px)
 
 
 def remove_background(data: bytes, options: RemoveBgOptions, rembg: MaskSource, *, max_pixels: int,
-                      png_level: int) -> tuple[Output, RembgResult]:
+                      png_level: int, thumbnail_px: int = 0) -> tuple[Output, RembgResult]:
     """The whole path (photo bytes -> stored output): single jobs, and any job removing backgrounds."""
     cutout.check_png_level(png_level)  # a bad setting fails before the rembg server does any work
     side = None if options.alpha_matting else MODEL_INPUT_SIDES.get(options.model)
     prepared = prepare(data, max_pixels=max_pixels, model_side=side)
     removed = rembg.remove(prepared.data, rembg_call(options), content_type=prepared.content_type,
                            filename=prepared.filename)
-    return finish(removed.png, prepared, options, png_level=png_level), removed
+    return finish(removed.png, prepared, options, png_level=png_level, thumbnail_px=thumbnail_px), removed
 
 
 def _open_png(png: bytes, mode: str) -> Image.Image:
@@ -155,10 +170,12 @@ def _open_png(png: bytes, mode: str) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
-def _encode(image: Image.Image, options: RemoveBgOptions, png_level: int, *, as_is: bytes | None = None,
-            ) -> Output:
-    """``image`` (cut-out or mask) in the asked format; ``as_is``: rembg's PNG of it, kept when it fits."""
+def _encode(image: Image.Image, options: RemoveBgOptions, png_level: int, thumbnail_px: int = 0, *,
+            as_is: bytes | None = None) -> Output:
+    """``image`` (cut-out or mask) in the asked format, and its preview when ``thumbnail_px`` > 0;
+    ``as_is``: rembg's PNG of it, kept when it fits."""
     fitted = cutout.fit_within(image, options.max_side)
+    thumbnail = _output_thumbnail(fitted, options, thumbnail_px)
     if options.bg_color is not None and not options.only_mask:
         fmt, data = "jpeg", cutout.flatten_jpeg(fitted, options.bg_color, options.quality)
     elif options.format == "webp" and not options.only_mask:
@@ -167,4 +184,17 @@ def _encode(image: Image.Image, options: RemoveBgOptions, png_level: int, *, as_
         fmt, data = "png", as_is
     else:
         fmt, data = "png", cutout.encode_png(fitted, png_level)
-    return Output(data, f"image/{fmt}", _EXTENSIONS[fmt], fmt, fitted.width, fitted.height)
+    return Output(data, f"image/{fmt}", _EXTENSIONS[fmt], fmt, fitted.width, fitted.height, thumbnail)
+
+
+def _output_thumbnail(fitted: Image.Image, options: RemoveBgOptions, thumbnail_px: int) -> Thumbnail | None:
+    """The output's preview: the cut-out with its alpha, or as flattened onto bgColor like the output."""
+    if thumbnail_px <= 0:
+        return None
+    if options.bg_color is not None and not options.only_mask:
+        small = shrink_image(fitted.convert("RGBA") if fitted.mode != "RGBA" else fitted, thumbnail_px)
+        alpha = small[:, :, 3:4].astype(np.float32) / 255.0
+        colour = np.array(options.bg_color, dtype=np.float32)
+        flat = small[:, :, :3].astype(np.float32) * alpha + colour * (1.0 - alpha) + 0.5
+        return encode_thumbnail(flat.astype(np.uint8))
+    return thumbnail_of_image(fitted, thumbnail_px)

@@ -59,7 +59,7 @@ from jobs.imaging.detectors.haar import get_cascade as _get_cascade  # noqa: E40
 from jobs.imaging.detectors.haar import gray as _gray  # noqa: E402
 from jobs.imaging.detectors.haar import preload as _preload_haar  # noqa: E402
 from jobs.imaging.detectors.haar import search as _haar_search  # noqa: E402
-from jobs.imaging.encode import encode, encode_image  # noqa: E402, F401
+from jobs.imaging.encode import encode, encode_image, flatten_on_white  # noqa: E402, F401
 from jobs.imaging.framing import (  # noqa: E402, F401
     FRAMES,
     HEAD_PER_BOX,
@@ -78,6 +78,7 @@ from jobs.imaging.framing import (  # noqa: E402, F401
 )
 from jobs.imaging.levelling import LOOK_FACE_PX, Levelled, level  # noqa: E402
 from jobs.imaging.photo import Photo, Picture, decode_image, to_rgb  # noqa: E402, F401
+from jobs.imaging.thumbnails import Thumbnail, make_thumbnail  # noqa: E402
 
 # One job per core: RQ runs one work-horse per worker, and we scale by adding workers.
 cv2.setNumThreads(1)
@@ -125,6 +126,8 @@ class CropResult:
     detector: str = ""
     levelled: bool = False  # the output was turned to level the eye line
     transform: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None  # photo -> output
+    thumbnail: Thumbnail | None = None  # the output's preview (None: THUMBNAIL_MAX_PX is 0)
+    source_thumbnail: Thumbnail | None = None  # the photo's, from pixels decoded for detection or the crop
 
     def to_result(self) -> dict[str, Any]:
         """The camelCase job result (no image bytes)."""
@@ -201,7 +204,7 @@ def detect_faces(image: np.ndarray, *, max_side: int | None = None,
 # --- whole job ----------------------------------------------------------------------------
 def process(data: bytes, mode: str, options: CropOptions, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             timings: dict[str, float] | None = None, profile: str = "general",
-            detector: str | None = None) -> CropResult:
+            detector: str | None = None, thumbnail_px: int = 0) -> CropResult:
     """Decode, find the largest face, crop it per ``mode``, encode; raise PermanentJobError.
 
     The detector is ``options.detector``, else ``detector``, else ``yunet``; ``profile`` picks
@@ -209,7 +212,9 @@ def process(data: bytes, mode: str, options: CropOptions, *, max_pixels: int = D
     (``DRAFT_MAX_SCALE``; other formats at full size); a finer pass, the second look of ID
     photos or the crop decode again at the scale they need, so the output is never upscaled
     from fewer pixels than the photo has.
-    ``timings``, when given, receives seconds spent per step (decode, detect, crop, encode).
+    ``timings``, when given, receives seconds spent per step (decode, detect, crop, encode, and
+    thumbnails when made). ``thumbnail_px`` > 0 also makes previews of the photo (from a decode the
+    job made anyway: no further decode) and of the output, long side at most that many pixels.
     """
     clock = _Clock(timings)
     frame(mode)  # unknown mode: fail before the expensive work
@@ -218,10 +223,14 @@ def process(data: bytes, mode: str, options: CropOptions, *, max_pixels: int = D
     out_w, out_h = output_size(mode, options)
     photo = Photo(data, max_pixels)
     faces, picture = _find_faces(photo, finder, clock)
+    # With thumbnails on, each decode is kept for the source's, which takes the cheapest that serves
+    # (the earlier, smaller ones then stay alive until the job ends: a fraction of the last's memory).
+    decoded = [picture] if thumbnail_px > 0 else []
     shape = (photo.height, photo.width)
     width: float | None = None
     if faces and frame(mode).head_ratio is not None and faces[0].landmarks is not None:
         levelled_face, picture = _level(photo, picture, faces[0], mode, options, finder, clock)
+        decoded += [picture] if decoded else []
         if levelled_face is not None:
             faces[0], width = levelled_face.face, levelled_face.width
     window, levelled = _window(shape, faces, width, mode, options, finder, photo)
@@ -236,6 +245,12 @@ def process(data: bytes, mode: str, options: CropOptions, *, max_pixels: int = D
         out, options.format, options.quality, dpi=ID_PHOTO_DPI if mode in ID_PHOTO_MODES else None,
         icc_profile=photo.icc_profile)
     clock.lap("encode")
+    source_thumbnail = thumbnail = None
+    if thumbnail_px > 0:
+        source_thumbnail = make_thumbnail(_thumbnail_source([*decoded, picture], thumbnail_px), thumbnail_px)
+        flat = options.format in ("jpeg", "jpg") and out.ndim == 3 and out.shape[2] == 4
+        thumbnail = make_thumbnail(flatten_on_white(out) if flat else out, thumbnail_px)
+        clock.lap("thumbnails")
     boxes = tuple(_whole_box(face, photo.width, photo.height) for face in faces)
     face_box: dict[str, int] | None = None
     roll: float | None = None
@@ -261,7 +276,19 @@ def process(data: bytes, mode: str, options: CropOptions, *, max_pixels: int = D
         detector=name,
         levelled=levelled,
         transform=(tuple(float(v) for v in matrix[0]), tuple(float(v) for v in matrix[1])),  # type: ignore[arg-type]
+        thumbnail=thumbnail,
+        source_thumbnail=source_thumbnail,
     )
+
+
+def _thumbnail_source(pictures: list[Picture], max_px: int) -> np.ndarray:
+    """The pixels to shrink for the source thumbnail: the smallest decode at least ``max_px`` on
+    its long side (less to area-average: the detection decode is often 1/4 or 1/2 size), else the largest."""
+    def long_side(picture: Picture) -> int:
+        return max(picture.pixels.shape[:2])
+
+    serving = [picture for picture in pictures if long_side(picture) >= max_px]
+    return (min(serving, key=long_side) if serving else max(pictures, key=long_side)).pixels
 
 
 def find_faces(photo: Photo, finder: detectors.Detector, timings: dict[str, float] | None = None, *,

@@ -51,6 +51,7 @@ from jobs.imaging.framing import Head, Window, estimate_head, render
 from jobs.imaging.levelling import level
 from jobs.imaging.photo import Photo, Picture
 from jobs.imaging.report import Report, measure
+from jobs.imaging.thumbnails import Thumbnail, make_thumbnail
 from jobs.rembg_pool import RembgCall
 
 DETECTOR = "yunet"  # ID photos need landmarks (Haar has none)
@@ -89,6 +90,8 @@ class IdPhotoResult:
     transform: np.ndarray  # 2x3, photo pixels -> output pixels
     rembg_instance: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    thumbnail: Thumbnail | None = None  # the output's preview (None: THUMBNAIL_MAX_PX is 0)
+    source_thumbnail: Thumbnail | None = None  # the portrait's, from its one full decode
 
     def to_result(self) -> dict[str, Any]:
         """The camelCase job result (no image bytes)."""
@@ -275,8 +278,12 @@ def request_mask(rgb: np.ndarray, region: tuple[int, int, int, int], rembg: Mask
 
 
 def process(data: bytes, spec: IdPhotoSpec, options: IdPhotoOptions, rembg: MaskSource, *,
-            max_pixels: int = face_crop.DEFAULT_MAX_PIXELS, model: str = "u2netp") -> IdPhotoResult:
-    """The whole ID photo from photo bytes (module docstring); raises PermanentJobError with a code."""
+            max_pixels: int = face_crop.DEFAULT_MAX_PIXELS, model: str = "u2netp",
+            thumbnail_px: int = 0) -> IdPhotoResult:
+    """The whole ID photo from photo bytes (module docstring); raises PermanentJobError with a code.
+
+    ``thumbnail_px`` > 0 also makes previews of the portrait (from its full decode) and of the output.
+    """
     timings: dict[str, float] = {}
     start = last = time.perf_counter()
 
@@ -336,7 +343,9 @@ def process(data: bytes, spec: IdPhotoSpec, options: IdPhotoOptions, rembg: Mask
     report = measure(out, alpha, spec, size, options.background, finder, faces_in_source=count,
                      upscale=placement.scale, max_upscale=MAX_UPSCALE, crown_source=crown_source)
     lap("report")
+    source_thumbnail, thumbnail = make_thumbnail(rgb, thumbnail_px), make_thumbnail(out, thumbnail_px)
+    lap("thumbnails")
     timings["total"] = time.perf_counter() - start
     box = {"x": round(x), "y": round(y), "width": round(w), "height": round(h)}
     return IdPhotoResult(encoded, content_type, extension, size[0], size[1], dpi, report, box,
-                         placement.window.to_output(*size), instance, timings)
+                         placement.window.to_output(*size), instance, timings, thumbnail, source_thumbnail)

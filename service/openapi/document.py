@@ -261,7 +261,9 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
     "batch.batch_results": {"get": _vendor(
         "Every image's outcome, streamed", "batch", {
             "200": {"description": "One row per entry: seq, recordId, entry, status, outputUrl, faceDetected, "
-                                   "faceCount, faceBox, width, height, errorCode, errorMessage, attempts",
+                                   "faceCount, faceBox, width, height, errorCode, errorMessage, attempts, "
+                                   "thumbnailUrl, sourceThumbnailUrl, faces, rollDegrees (CSV: faceBox and "
+                                   "faces as JSON text)",
                     "content": {"application/x-ndjson": {"schema": {"type": "string"}},
                                 "text/csv": {"schema": {"type": "string"}}}},
             **_errors(400, 404)},

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from core import id_photos
-from service.openapi.schemas import WAIT, nullable, obj, ref
+from service.openapi.schemas import THUMBNAIL_URLS, WAIT, nullable, obj, ref
 
 Schema = dict[str, Any]
 _MM = {"type": "number", "minimum": 0}
@@ -71,6 +71,7 @@ def id_photo_schemas(bulk: Schema) -> dict[str, Schema]:
                               "photoUrl": {"type": "string"}, "format": {"type": "string"},
                               "width": {"type": "integer"}, "height": {"type": "integer"},
                               "dpi": {"type": "integer"}, "faceBox": {"type": "object"},
-                              "compliant": {"type": "boolean"}, "report": ref("IdPhotoReport")},
+                              "compliant": {"type": "boolean"}, "report": ref("IdPhotoReport"),
+                              **THUMBNAIL_URLS},
                              ("photoUrl", "width", "height", "dpi", "compliant", "report")),
     }

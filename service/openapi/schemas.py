@@ -46,6 +46,13 @@ def obj(properties: dict[str, Schema], required: tuple[str, ...] = (), **extra: 
 
 
 STRING = {"type": "string"}
+# Previews the workers keep beside each output (THUMBNAIL_MAX_PX; null when off or not finished).
+THUMBNAIL_URLS: dict[str, Any] = {
+    "thumbnailUrl": {"type": "string", "nullable": True,
+                     "description": "a preview of the output, long side <= THUMBNAIL_MAX_PX (cut-outs keep alpha)"},
+    "sourceThumbnailUrl": {"type": "string", "nullable": True,
+                           "description": "a preview of the source photo, kept after the source is gone"},
+}
 INTEGER = {"type": "integer"}
 NUMBER = {"type": "number"}
 BOOLEAN = {"type": "boolean"}
@@ -280,6 +287,7 @@ def _response_schemas() -> dict[str, Schema]:
                                                                      "photo (clockwise positive), before "
                                                                      "levelling; null for haar"}),
             "detector": {"type": "string", "enum": list(contracts.FACE_DETECTORS)},
+            **THUMBNAIL_URLS,
         }, ("success", "faceDetected", "faceCount", "faceBox", "width", "height"),
             description="`result` of a completed face-crop job (a re-run of a completed job returns the "
                         "stored fields only)"),
@@ -315,6 +323,11 @@ def _response_schemas() -> dict[str, Schema]:
             "jobKind": nullable(STRING), "jobId": nullable(STRING), "sourceUrl": nullable(STRING),
             "outputUrl": nullable(STRING), "faceDetected": nullable(BOOLEAN), "faceCount": nullable(INTEGER),
             "faceBox": face_box, "width": nullable(INTEGER), "height": nullable(INTEGER),
+            "faces": nullable({"type": "array", "items": ref("FoundFace"),
+                               "description": "every face found, largest first (face crops; null otherwise)"}),
+            "rollDegrees": nullable({"type": "number", "description": "the chosen face's eye-line angle in the "
+                                                                     "photo; null without landmarks"}),
+            **THUMBNAIL_URLS,
             "errorCode": nullable(STRING), "errorMessage": nullable(STRING), "attempts": INTEGER,
             "createdAt": nullable(TIMESTAMP), "updatedAt": nullable(TIMESTAMP), "completedAt": nullable(TIMESTAMP),
         }, ("recordId", "projectId", "status")),

@@ -119,7 +119,8 @@ def test_a_batch_canceled_halfway_ends_canceled_with_exact_counts_and_no_stray_f
     assert not (uploads / "batches" / batch_id).exists()
     assert not (uploads / "zips" / f"{batch_id}.zip").exists()
     stored = sorted(p.name for p in (Path(stack.env["STORAGE_DIR"]) / "acme" / "batches" / batch_id).glob("*"))
-    assert stored == sorted(Path(row["outputUrl"]).name for row in listed if row["status"] == "completed")
+    assert stored == sorted(Path(row[column]).name for row in listed if row["status"] == "completed"
+                            for column in ("outputUrl", "thumbnailUrl", "sourceThumbnailUrl"))
     again = api(stack, key, "POST", f"/api/batch/{batch_id}/cancel")  # idempotent
     assert again.status_code == 200 and again.json()["canceledNow"] == 0
 
@@ -205,6 +206,14 @@ def test_a_zip_batch_of_background_removals_comes_back_as_pngs_with_alpha(stack:
             low, high = alpha.getextrema()
             assert low == 0 and high == 255  # a real cut-out: transparent background, opaque subject
     assert json.loads(archive.read("batch.json"))["operation"] == "removeBg"
+    # The listing in the ZIP names each cut-out's thumbnail: WebP with the alpha kept, at most 256 px.
+    for row in (json.loads(line) for line in archive.read("results.jsonl").splitlines()):
+        with Image.open(io.BytesIO(requests.get(row["thumbnailUrl"], timeout=5).content)) as thumb:
+            assert thumb.format == "WEBP" and thumb.mode == "RGBA" and max(thumb.size) <= 256
+            low, high = thumb.getchannel("A").getextrema()
+            assert low == 0 and high >= 250  # transparent background, opaque subject (area-averaged)
+        with Image.open(io.BytesIO(requests.get(row["sourceThumbnailUrl"], timeout=5).content)) as source:
+            assert source.format == "JPEG" and source.size == (256, 256)
 
 
 def ensure_face_crop_worker(stack: Stack) -> None:

@@ -84,6 +84,21 @@ def results(stack: Stack, key: str, batch_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in resp.text.splitlines()]
 
 
+def thumbnail(url: str | None) -> Image.Image:
+    """A thumbnail, fetched through the API's file route and decoded."""
+    assert url, "no thumbnail URL"
+    resp = requests.get(url, timeout=5)
+    assert resp.status_code == 200, url
+    image = Image.open(io.BytesIO(resp.content))
+    image.load()
+    return image
+
+
+def fitted(size: tuple[int, int], max_px: int = 256) -> tuple[int, int]:
+    scale = min(1.0, max_px / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def test_zip_batch_reports_every_entry(stack: Stack, key: str, astronaut_jpeg: bytes, noface_jpeg: bytes) -> None:
     entries = [(f"people/p{i}.jpg", astronaut_jpeg) for i in range(5)] + [
         ("people/nobody.jpg", noface_jpeg),
@@ -110,13 +125,20 @@ def test_zip_batch_reports_every_entry(stack: Stack, key: str, astronaut_jpeg: b
         assert (row["width"], row["height"]) == (300, 300)
         image = Image.open(io.BytesIO(requests.get(row["outputUrl"], timeout=5).content))
         assert image.size == (300, 300)
+        # The worker's thumbnails (THUMBNAIL_MAX_PX 256): the ZIP's source is gone, its preview stays.
+        assert max(thumbnail(row["thumbnailUrl"]).size) <= 256
+        source = thumbnail(row["sourceThumbnailUrl"])
+        assert max(source.size) == 256 and source.size == fitted(Image.open(io.BytesIO(astronaut_jpeg)).size)
+        assert len(row["faces"]) >= 1 and row["faces"][0]["box"] == row["faceBox"]
+        assert isinstance(row["rollDegrees"], float)
     assert rows["people/nobody.jpg"]["status"] == "failed" and rows["people/nobody.jpg"]["errorCode"] == "NO_FACE"
     assert rows["broken.jpg"]["status"] == "failed" and rows["broken.jpg"]["errorCode"] == "NOT_AN_IMAGE"
     assert rows["readme.txt"]["status"] == "skipped" and rows["readme.txt"]["errorCode"] == "NOT_AN_IMAGE"
     assert rows["../../etc/evil.jpg"]["errorCode"] == "UNSAFE_PATH"
     assert rows["inner.zip"]["errorCode"] == "NESTED_ARCHIVE"
     outputs = sorted(p.name for p in Path(stack.env["STORAGE_DIR"]).glob(f"acme/batches/{body['batchId']}/*"))
-    assert len(outputs) == 5
+    assert len(outputs) == 15  # each of the 5 crops with its output and source thumbnails
+    assert rows["people/nobody.jpg"]["thumbnailUrl"] is None and rows["people/nobody.jpg"]["faces"] is None
     uploads = Path(stack.env["UPLOAD_DIR"])
     assert not (uploads / "zips" / f"{body['batchId']}.zip").exists()  # the upload is removed after ingest
     assert not (uploads / "batches" / body["batchId"]).exists()  # and the extracted images once done
@@ -124,6 +146,8 @@ def test_zip_batch_reports_every_entry(stack: Stack, key: str, astronaut_jpeg: b
     csv_text = requests.get(f"{stack.base_url}/api/batch/{body['batchId']}/results?format=csv",
                             headers={"X-API-Key": key}, timeout=10).text
     assert len(csv_text.strip().splitlines()) == 11
+    header = csv_text.splitlines()[0].split(",")
+    assert header[-4:] == ["thumbnailUrl", "sourceThumbnailUrl", "faces", "rollDegrees"]
 
 
 def test_truncated_zip_fails_the_batch_with_a_reason(stack: Stack, key: str, astronaut_jpeg: bytes) -> None:

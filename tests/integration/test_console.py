@@ -145,14 +145,17 @@ def test_the_console_in_headless_chromium(node: list[str], chromium: str, stack:
     last = report["bars"][-1]
     assert last["max"] == 4 and last["value"] == 4 and "1 failed" in last["counts"], last
     assert "pending" in last["counts"] and "processed" in last["counts"]
-    # The grid: one item per image, every image loaded (natural sizes > 0), sources with the face box.
+    # The grid: one item per image, every image loaded (natural sizes > 0); the missing source says so.
     grid = report["grid"]
     assert sorted(item["status"] for item in grid["items"]) == ["completed", "completed", "completed", "failed"]
     outputs = [image for image in grid["images"] if image["alt"].startswith("Face crop")]
     sources = [image for image in grid["images"] if image["alt"].startswith("Source photo")]
-    assert len(outputs) == 3 and all(image["w"] == image["h"] == 300 for image in outputs), grid["images"]
-    assert len(sources) == 3 and all(image["w"] > 0 for image in sources), sources  # the missing one says so
-    assert sum(item["boxes"] for item in grid["items"]) == 3, grid["items"]
+    # Both are the workers' thumbnails (THUMBNAIL_MAX_PX, 256): the 300 px crops shown at 256 px.
+    assert len(outputs) == 3 and all(image["w"] == image["h"] == 256 for image in outputs), grid["images"]
+    assert all(image["alt"].endswith("(thumbnail)") for image in outputs + sources), grid["images"]
+    assert len(sources) == 3 and all(0 < max(image["w"], image["h"]) <= 256 for image in sources), sources
+    # The face box is drawn on full sources only (a row does not give the photo's size for a preview).
+    assert sum(item["boxes"] for item in grid["items"]) == 0, grid["items"]
     assert "IMAGE_NOT_FOUND" in grid["codeOptions"]
     assert report["failed"] == [{"status": "failed", "why": report["failed"][0]["why"]}]
     assert report["failed"][0]["why"].startswith("IMAGE_NOT_FOUND: ")

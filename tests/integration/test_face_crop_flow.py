@@ -91,6 +91,15 @@ def test_passport_crop_completes_with_framed_photo(stack: Stack, keys: dict[str,
     assert row["status"] == "completed" and row["outputUrl"] == result["photoUrl"]
     assert row["faceDetected"] is True and row["faceBox"] == box
     assert (row["width"], row["height"]) == (413, 531) and row["errorCode"] is None
+    # Issue 12: every face and the roll are kept in the row, as the job returned them.
+    assert row["faces"] == result["faces"] and row["faces"][0]["box"] == box
+    assert row["rollDegrees"] == result["rollDegrees"] and isinstance(row["rollDegrees"], float)
+    # Issue 15 item 3: the worker's thumbnails, beside the output, at most 256 px.
+    assert (row["thumbnailUrl"], row["sourceThumbnailUrl"]) == (result["thumbnailUrl"], result["sourceThumbnailUrl"])
+    thumb = Image.open(io.BytesIO(requests.get(result["thumbnailUrl"], timeout=5).content))
+    assert thumb.format == "JPEG" and thumb.size == (199, 256)  # 413x531 shrunk
+    source = Image.open(io.BytesIO(requests.get(result["sourceThumbnailUrl"], timeout=5).content))
+    assert source.format == "JPEG" and source.size == (256, 256)  # the 1024 px astronaut
 
 
 def test_bulk_square_crops_all_complete(stack: Stack, keys: dict[str, str], photos: PhotoServer) -> None:
@@ -157,7 +166,7 @@ def test_rerun_of_completed_job_changes_nothing(stack: Stack, keys: dict[str, st
     assert record(stack, keys["acme"], "rec-twice") == before
     assert photos.hits["/astronaut.jpg"] == hits  # not fetched, processed or uploaded again
     outputs = list(Path(stack.env["STORAGE_DIR"]).glob("acme/p1/rec-twice/*"))
-    assert len(outputs) == 1, outputs
+    assert len(outputs) == 3, outputs  # the crop and its two thumbnails, written once
 
 
 def test_vendor_isolation_through_the_stack(stack: Stack, keys: dict[str, str], photos: PhotoServer) -> None:

@@ -112,8 +112,13 @@ def test_photo_comes_back_as_png_with_the_background_transparent(stack: Stack, k
     assert alpha.getpixel((2, 2)) < 16, "the backdrop in the corner is transparent"
     assert alpha.getpixel((160, 160)) > 240, "the astronaut in the centre is kept"
 
+    thumb = Image.open(io.BytesIO(requests.get(result["thumbnailUrl"], timeout=5).content))
+    assert thumb.format == "WEBP" and thumb.mode == "RGBA" and thumb.size == (256, 256)
+    assert thumb.getchannel("A").getpixel((2, 2)) < 16 and thumb.getchannel("A").getpixel((128, 128)) > 240
+
     row = record(stack, key, "rec-bg")
     assert row["status"] == "completed" and row["outputUrl"] == result["photoUrl"] and row["jobKind"] == "remove_bg"
+    assert (row["thumbnailUrl"], row["sourceThumbnailUrl"]) == (result["thumbnailUrl"], result["sourceThumbnailUrl"])
     assert (row["width"], row["height"]) == (320, 320) and row["errorCode"] is None
 
 
@@ -141,7 +146,8 @@ def test_rerun_of_a_completed_job_returns_the_stored_result(stack: Stack, key: s
     assert record(stack, key, "rec-twice") == before
     assert servers.removals() == handled  # not sent to rembg again
     outputs = list(Path(stack.env["STORAGE_DIR"]).glob("acme/p1/rec-twice/*"))
-    assert [path.name for path in outputs] == [f"remove-bg-{job_id}.png"]
+    assert sorted(path.name for path in outputs) == [f"remove-bg-{job_id}-source-thumb.jpg",
+                                                     f"remove-bg-{job_id}-thumb.webp", f"remove-bg-{job_id}.png"]
 
 
 def test_bg_color_flattens_to_a_jpeg(stack: Stack, key: str, photos: PhotoServer, servers: RembgServers) -> None:

@@ -125,7 +125,7 @@ def test_a_record_queued_again_after_it_was_selected_stays(acme: Database, setti
 
     def requeue_between_select_and_delete(sql: str, params: tuple[object, ...]) -> list[dict[str, object]]:
         rows = original(sql, params)
-        if sql.startswith("SELECT id, output_url FROM data_records") and rows:  # the vendor submits it again
+        if sql.startswith("SELECT id, output_url,") and "FROM data_records" in sql and rows:  # submitted again
             database.queue_record("acme", "p1", "r1", job_id="job-new", job_kind=contracts.KIND_FACE_CROP,
                             source_url="https://x/b.jpg")
         return rows

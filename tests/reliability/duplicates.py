@@ -20,7 +20,15 @@ from pathlib import Path
 from rq.worker import Worker
 
 from core import contracts
-from tests.reliability.harness import RelStack, horse_of, kill_pid, portrait_jpegs, rel_stack, wait_until
+from tests.reliability.harness import (
+    RelStack,
+    horse_of,
+    is_output,
+    kill_pid,
+    portrait_jpegs,
+    rel_stack,
+    wait_until,
+)
 from tests.reliability.report import Report
 from tests.stack import wait_for_job
 
@@ -113,8 +121,8 @@ def run(profile: str, workdir: Path) -> Report:
         shutdowns = [_warm_shutdown(rel, i) for i in range(p["shutdowns"])]
         finals = {job_id: wait_for_job(rel.base_url, rel.key, job_id, timeout=180) for _, job_id, _ in runs}
         completions = dict(rel.query("SELECT record_id, COUNT(*) FROM completions GROUP BY record_id"))
-        outputs = {record: sum(1 for f in (rel.storage_dir / "acme" / "rel" / record).glob("*")
-                               if not f.name.startswith(".")) for record, _, _ in runs}
+        outputs = {record: sum(1 for f in (rel.storage_dir / "acme" / "rel" / record).glob("*") if is_output(f))
+                   for record, _, _ in runs}
 
     hits = sum(hit for _, _, hit in runs)
     report.check("jobs killed between upload and record update", hits, hits == p["reruns"], f"== {p['reruns']}")

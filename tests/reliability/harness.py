@@ -268,13 +268,18 @@ def settle_figures(rel: RelStack) -> dict[str, int]:
     return figures
 
 
+def is_output(path: Path) -> bool:
+    """A stored output: not a hidden temporary file, nor a thumbnail kept beside an output (jobs/previews.py)."""
+    return path.is_file() and not path.name.startswith(".") and "-thumb." not in path.name
+
+
 def outputs_per_record(rel: RelStack) -> dict[str, int]:
-    """Stored files per single-job record folder (storage keys are vendor/project/record/...)."""
+    """Stored outputs per single-job record folder (storage keys are vendor/project/record/...)."""
     counts: dict[str, int] = {}
     base = rel.storage_dir / "acme" / "rel"
     if base.exists():
         for folder in base.iterdir():
-            counts[folder.name] = sum(1 for p in folder.rglob("*") if p.is_file())
+            counts[folder.name] = sum(1 for p in folder.rglob("*") if is_output(p))
     return counts
 
 

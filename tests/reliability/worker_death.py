@@ -25,6 +25,7 @@ from core import contracts, rqjson
 from tests.reliability.harness import (
     RelStack,
     horse_of,
+    is_output,
     kill_pid,
     make_zip,
     outputs_per_record,
@@ -198,8 +199,7 @@ def run(profile: str, workdir: Path) -> Report:
     report.check("single-job records with more than one output", extra_outputs, extra_outputs == 0, "== 0")
     missing = len(completed_records - set(per_record))
     report.check("completed single-job records without a stored file", missing, missing == 0, "== 0")
-    batch_files = sum(1 for f in (workdir / "files" / "acme" / "batches").rglob("*")
-                      if f.is_file() and not f.name.startswith("."))
+    batch_files = sum(1 for f in (workdir / "files" / "acme" / "batches").rglob("*") if is_output(f))
     report.check("stored batch outputs == completed images", batch_files,
                  batch_files == figures["batch items completed"], f"== {figures['batch items completed']}")
     report.figure("hidden temp files left by killed uploads (never served)", figures["partial files"])

@@ -206,3 +206,44 @@ def test_every_uploaded_file_part_is_removed(app: Flask, client: FlaskClient, tm
                        {"projectId": "p", "file": [(io.BytesIO(data), "a.zip"), (io.BytesIO(b"second"), "b.zip")]})
     assert resp.status_code == 202, resp.get_json()
     assert list((tmp_path / "uploads" / "incoming").iterdir()) == []
+
+
+def test_results_and_records_carry_thumbnails_faces_and_roll(app: Flask, client: FlaskClient) -> None:
+    """What the workers store (tests/jobs/test_previews.py) as the listing (jsonl, csv) and record view show it."""
+    import csv
+    import json
+
+    from core.batch_outcomes import mirror_records
+    from core.db.batches import ITEM_COMPLETED
+
+    batch_id = client.post("/api/batch/add-images", json={"projectId": "p", "images": images(2)},
+                           headers=auth(app)).get_json()["batchId"]
+    db = connect(app.extensions["image_queue"].settings.database_url)
+    face = {"box": {"x": 1, "y": 2, "width": 30, "height": 40}, "score": 0.9,
+            "landmarks": {"rightEye": {"x": 5, "y": 6}}}
+    outcome = {"seq": 0, "record_id": "r0", "status": ITEM_COMPLETED, "output_url": "http://files.test/0.jpg",
+               "face_detected": True, "face_count": 1, "face_box": face["box"], "output_width": 300,
+               "output_height": 300, "thumbnail_url": "http://files.test/0-thumb.jpg",
+               "source_thumbnail_url": "http://files.test/0-source-thumb.jpg", "faces_json": [face],
+               "roll_degrees": -2.5}
+    db.record_item_outcomes(batch_id, [outcome])
+    mirror_records(db, app.extensions["image_queue"].settings, db.get_batch(batch_id) or {}, [outcome])
+
+    lines = client.get(f"/api/batch/{batch_id}/results", headers=auth(app)).get_data(as_text=True).splitlines()
+    done, pending = (json.loads(line) for line in lines)
+    assert (done["thumbnailUrl"], done["sourceThumbnailUrl"]) == (outcome["thumbnail_url"],
+                                                                  outcome["source_thumbnail_url"])
+    assert (done["faces"], done["rollDegrees"]) == ([face], -2.5)
+    assert (pending["thumbnailUrl"], pending["sourceThumbnailUrl"], pending["faces"], pending["rollDegrees"]) == \
+        (None, None, None, None)
+    csv_text = client.get(f"/api/batch/{batch_id}/results?format=csv", headers=auth(app)).get_data(as_text=True)
+    row = next(csv.DictReader(io.StringIO(csv_text)))
+    assert row["thumbnailUrl"] == outcome["thumbnail_url"] and json.loads(row["faces"]) == [face]
+    assert float(row["rollDegrees"]) == -2.5
+
+    record = client.get("/api/image-queue/record/r0", headers=auth(app)).get_json()["record"]
+    assert (record["thumbnailUrl"], record["sourceThumbnailUrl"]) == (outcome["thumbnail_url"],
+                                                                      outcome["source_thumbnail_url"])
+    assert (record["faces"], record["rollDegrees"]) == ([face], -2.5)
+    listed = client.get("/api/image-queue/records?projectId=p", headers=auth(app)).get_json()["records"]
+    assert next(r for r in listed if r["recordId"] == "r0")["thumbnailUrl"] == outcome["thumbnail_url"]

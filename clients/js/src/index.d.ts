@@ -377,12 +377,21 @@ export interface Point {
   y: number;
 }
 
+/** A face's five landmarks; the subject's right eye is on the viewer's left. */
+export interface FaceLandmarks {
+  rightEye: Point;
+  leftEye: Point;
+  noseTip: Point;
+  rightMouth: Point;
+  leftMouth: Point;
+}
+
 /** One face a crop found, in photo pixels (after EXIF rotation). */
 export interface FoundFace {
   box: FaceBox;
   score: number | null;
-  /** rightEye, leftEye, noseTip, rightMouth, leftMouth (null: the detector has none) */
-  landmarks: { [name: string]: Point } | null;
+  /** null: the detector has none (haar) */
+  landmarks: FaceLandmarks | null;
 }
 
 /** A completed job's result: face-crop fields or background-removal fields. */
@@ -408,6 +417,10 @@ export interface JobResult {
   dpi?: number;
   compliant?: boolean;
   report?: IdPhotoReport;
+  /** a preview of the output, long side at most THUMBNAIL_MAX_PX (cut-outs keep alpha); null when off */
+  thumbnailUrl?: string | null;
+  /** a preview of the source photo; null when off */
+  sourceThumbnailUrl?: string | null;
   [key: string]: unknown;
 }
 
@@ -494,6 +507,11 @@ export interface RecordRow {
   faceBox?: FaceBox | null;
   width?: number | null;
   height?: number | null;
+  /** every face found, largest first (face crops) */
+  faces?: FoundFace[] | null;
+  rollDegrees?: number | null;
+  thumbnailUrl?: string | null;
+  sourceThumbnailUrl?: string | null;
   errorCode?: string | null;
   errorMessage?: string | null;
   attempts?: number;
@@ -677,6 +695,13 @@ export interface BatchResultRow {
   errorCode: string | null;
   errorMessage: string | null;
   attempts: number | null;
+  /** a preview of the output (cut-outs keep alpha); null when off or not completed */
+  thumbnailUrl: string | null;
+  /** a preview of the source image, kept after a ZIP's source is deleted */
+  sourceThumbnailUrl: string | null;
+  /** every face found (face crops; JSON text in CSV) */
+  faces: FoundFace[] | null;
+  rollDegrees: number | null;
 }
 
 export interface BatchQueueStatsBody {

@@ -402,7 +402,12 @@ function gridItem(row) {
   const label = row.entry ?? row.recordId;
   const sourceUrl = current.sources.get(row.recordId);
   let source;
-  if (sourceUrl && /^(https?:)?\//.test(sourceUrl)) {
+  if (row.sourceThumbnailUrl) {
+    // The worker's preview (THUMBNAIL_MAX_PX): small, and kept after a ZIP's source is deleted. The face
+    // box is in the photo's pixels, which the preview does not give, so it is drawn on full sources only.
+    source = el('img', { src: row.sourceThumbnailUrl, alt: `Source photo of ${label} (thumbnail)`,
+      decoding: 'async' });
+  } else if (sourceUrl && /^(https?:)?\//.test(sourceUrl)) {
     const img = el('img', { src: sourceUrl, alt: `Source photo of ${label}`, decoding: 'async' });
     source = row.faceBox ? overlaid(img, (layer, unit) => faceShapes(layer, unit, [{ box: row.faceBox }])) : img;
     const shown = source;
@@ -411,8 +416,11 @@ function gridItem(row) {
     source = el('div', { class: 'none', text: row.entry
       ? `ZIP entry ${row.entry} (the source is deleted once processed)` : 'source not available' });
   }
-  const output = row.outputUrl
-    ? el('img', { src: row.outputUrl, alt: `${kind} of ${label}`, decoding: 'async' })
+  const outputSrc = row.thumbnailUrl ?? row.outputUrl;
+  const output = outputSrc
+    ? el('a', { href: row.outputUrl ?? outputSrc, target: '_blank', rel: 'noreferrer', title: 'open the full output' },
+      el('img', { src: outputSrc, alt: `${kind} of ${label}${row.thumbnailUrl ? ' (thumbnail)' : ''}`,
+        decoding: 'async' }))
     : el('div', { class: 'none', text: row.status === 'pending' ? 'not processed yet' : 'no output' });
   const faces = row.faceCount !== null && row.faceCount !== undefined ? ` · ${row.faceCount} face(s)` : '';
   return el('li', { class: 'item', 'data-status': row.status },
