@@ -45,11 +45,14 @@ from PIL import Image
 from core import contracts, rqjson
 from tests.cloudinary_standin import CloudinaryStandin, _Handler, _Pending
 from tests.conftest import ROOT, free_port, redis_server_binary, wait_for_port
+from tests.reliability.harness import is_output
 from tests.reliability.report import Report
 from tests.rembg_servers import REMBG_BIN, RembgServer, ensure_model, photo_jpeg
 from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
 
 VENDOR = "acme"
+# Storage keys of the previews beside an output, without extension (jobs/imaging/thumbnails.py).
+PREVIEW_SUFFIXES = ("-thumb", "-source-thumb")
 PROJECT = "p1"
 MARIADBD = os.environ.get("IQ_MARIADBD") or shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 MARIADB_INSTALL_DB = os.environ.get("IQ_MARIADB_INSTALL_DB") or shutil.which("mariadb-install-db") or \
@@ -250,11 +253,11 @@ def check_nothing_half_written(report: Report, prefix: str, database_url: str, e
 
 
 def local_outputs(env: dict[str, str], *parts: str) -> list[Path]:
-    """Stored files (not temp files) under STORAGE_DIR/parts."""
+    """Stored outputs (not temp files, not the thumbnails kept beside them) under STORAGE_DIR/parts."""
     folder = Path(env["STORAGE_DIR"]).joinpath(*parts)
     if not folder.exists():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in folder.rglob("*") if is_output(p))
 
 
 def workers_alive(stack: Stack) -> int:
@@ -837,7 +840,13 @@ def _storage_checks(report: Report, stack: Stack, key: str, plan: Plan, standin:
     report.check("storage: records whose output_url is not a stored upload", missing, missing == 0, "0")
     report.check("storage: uploads that do not decode", undecoded, undecoded == 0, "0")
     with standin._lock:
-        stored = {public_id: asset.upload_count for public_id, asset in standin.uploads.items()}
+        uploads = {public_id: asset.upload_count for public_id, asset in standin.uploads.items()}
+    # The thumbnails kept beside each output (jobs/previews.py): two per record, counted apart.
+    previews = {public_id for public_id in uploads if public_id.endswith(PREVIEW_SUFFIXES)}
+    stored = {public_id: count for public_id, count in uploads.items() if public_id not in previews}
+    report.check("storage: thumbnails vs records", (len(previews), len(record_ids)),
+                 previews == {f"{public_id}{suffix}" for public_id in expected_ids for suffix in PREVIEW_SUFFIXES},
+                 "two per record (output and source), none extra")
     extra = sorted(set(stored) - expected_ids)
     report.check("storage: distinct public_ids vs records", (len(stored), len(record_ids)),
                  set(stored) == expected_ids, "equal: one public_id per record, none extra")
