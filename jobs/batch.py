@@ -278,6 +278,7 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
                              "face_count": details["faceCount"], "face_box": details["faceBox"],
                              "output_width": details["width"], "output_height": details["height"],
                              "faces_json": details["faces"], "roll_degrees": details["rollDegrees"],
+                             "source_width": details["sourceWidth"], "source_height": details["sourceHeight"],
                              **previews.to_columns()})
         except JobError as exc:
             if not exc.permanent:

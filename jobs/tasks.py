@@ -82,6 +82,8 @@ def _stored_result(record: dict[str, Any], payload: ImageJobPayload) -> dict[str
         "height": record.get("output_height"),
         "faces": record.get("faces_json") or [],  # decoded by Records.get_record
         "rollDegrees": record.get("roll_degrees"),
+        "sourceWidth": record.get("source_width"),
+        "sourceHeight": record.get("source_height"),
         **_stored_previews(record),
     }
 
@@ -132,6 +134,8 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
         "output_height": details["height"],
         "faces_json": details["faces"],
         "roll_degrees": details["rollDegrees"],
+        "source_width": details["sourceWidth"],
+        "source_height": details["sourceHeight"],
         **previews.to_columns(),
         "error_code": None,
         "error_message": None,

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("seq", "recordId", "entry", "status", "outputUrl", "faceDetected", "faceCount", "faceBox",
                   "width", "height", "errorCode", "errorMessage", "attempts", "thumbnailUrl", "sourceThumbnailUrl",
-                  "faces", "rollDegrees")
+                  "faces", "rollDegrees", "sourceWidth", "sourceHeight")
 _JSON_COLUMNS = ("faceBox", "faces")  # JSON text in the CSV
 ZIP_COLUMNS = (*RESULT_COLUMNS, "file")
 PAGE = 1000  # items read per query
@@ -99,7 +99,8 @@ def result_row(item: dict[str, Any]) -> dict[str, Any]:
             "height": item["output_height"], "errorCode": item["error_code"],
             "errorMessage": item["error_message"], "attempts": item["attempts"],
             "thumbnailUrl": item.get("thumbnail_url"), "sourceThumbnailUrl": item.get("source_thumbnail_url"),
-            "faces": item.get("faces_json"), "rollDegrees": item.get("roll_degrees")}
+            "faces": item.get("faces_json"), "rollDegrees": item.get("roll_degrees"),
+            "sourceWidth": item.get("source_width"), "sourceHeight": item.get("source_height")}
 
 
 def items(db: Database, batch_id: str) -> Iterator[dict[str, Any]]:

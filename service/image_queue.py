@@ -398,6 +398,7 @@ def _record_view(row: dict[str, Any]) -> dict[str, Any]:
         "job_kind": "jobKind", "current_job_id": "jobId", "source_url": "sourceUrl",
         "output_url": "outputUrl", "face_detected": "faceDetected", "face_count": "faceCount",
         "face_box": "faceBox", "faces_json": "faces", "roll_degrees": "rollDegrees",
+        "source_width": "sourceWidth", "source_height": "sourceHeight",
         "output_width": "width", "output_height": "height", "thumbnail_url": "thumbnailUrl",
         "source_thumbnail_url": "sourceThumbnailUrl", "error_code": "errorCode", "error_message": "errorMessage",
         "attempts": "attempts",

@@ -36,7 +36,7 @@ ITEM_CANCELED = "canceled"  # still pending when its batch was canceled (counted
 _BATCH_FIELDS = ("status", "image_count", "error_code", "error_message", "completed_at")
 _ITEM_RESULT_FIELDS = ("output_url", "face_detected", "face_count", "face_box", "output_width",
                        "output_height", "error_code", "error_message", "thumbnail_url", "source_thumbnail_url",
-                       "faces_json", "roll_degrees")
+                       "faces_json", "roll_degrees", "source_width", "source_height")
 _JSON_ITEM_FIELDS = ("face_box", "faces_json")  # written as JSON text, read back decoded
 _ITEM_RESULT_SELECT = ", ".join(f"i.{name}" for name in _ITEM_RESULT_FIELDS)
 _ITEM_COLUMNS = ("seq", "record_id", "entry_name", "source", "status", "error_code", "error_message")

@@ -17,10 +17,12 @@ UPDATABLE_COLUMNS = frozenset({
     "processing_status", "job_kind", "source_url", "output_url", "face_detected", "face_count",
     "face_box", "output_width", "output_height", "error_code", "error_message", "attempts",
     "completed_at", "report_json", "thumbnail_url", "source_thumbnail_url", "faces_json", "roll_degrees",
+    "source_width", "source_height",
 })
 _RESULT_COLUMNS = ("output_url", "face_detected", "face_count", "face_box", "output_width",
                    "output_height", "error_code", "error_message", "completed_at", "report_json",
-                   "thumbnail_url", "source_thumbnail_url", "faces_json", "roll_degrees")
+                   "thumbnail_url", "source_thumbnail_url", "faces_json", "roll_degrees", "source_width",
+                   "source_height")
 _TIMESTAMP_COLUMNS = ("created_at", "updated_at", "completed_at", "revoked_at")
 
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from core.db.engine import _INTEGRITY, Engine, _now, log
 
-SCHEMA_VERSION = 5  # 2: vendors.webhook_secret, batches.callback_url; 3: data_records.job_payload;
-# 4: batches.canceled, batches.operation; 5: thumbnails, faces and roll of records and batch items
+SCHEMA_VERSION = 6  # 2: vendors.webhook_secret, batches.callback_url; 3: data_records.job_payload;
+# 4: batches.canceled, batches.operation; 5: thumbnails, faces and roll of records and batch items;
+# 6: source size of records and batch items
 
 # Logical schema; {autoinc}, {ts} and {bool} are filled in by the dialect.
 _TABLES: list[tuple[str, list[str], list[tuple[str, str]]]] = [
@@ -81,6 +82,12 @@ _ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("data_records", "roll_degrees", "DOUBLE PRECISION NULL"),
     ("batch_items", "faces_json", "TEXT NULL"),
     ("batch_items", "roll_degrees", "DOUBLE PRECISION NULL"),
+    # The photo's size after EXIF rotation: the space of face_box and faces_json (the console
+    # draws the boxes over the source's thumbnail by it).
+    ("data_records", "source_width", "INT NULL"),
+    ("data_records", "source_height", "INT NULL"),
+    ("batch_items", "source_width", "INT NULL"),
+    ("batch_items", "source_height", "INT NULL"),
 ]
 
 

@@ -123,6 +123,8 @@ class CropResult:
     decodes: int = 1  # 2 or more when a finer pass or the crop needed more pixels than decoded
     found: tuple[Face, ...] = ()  # the same faces with score and landmarks (floats)
     roll_degrees: float | None = None  # the chosen face's eye line in the photo; None without landmarks
+    source_width: int = 0  # the photo's size after EXIF rotation: the space faceBox and faces are in
+    source_height: int = 0
     detector: str = ""
     levelled: bool = False  # the output was turned to level the eye line
     transform: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None  # photo -> output
@@ -140,6 +142,8 @@ class CropResult:
             "faces": [_found_face(face, self.faces[i]).to_dict() for i, face in enumerate(self.found)],
             "rollDegrees": self.roll_degrees,
             "detector": self.detector,
+            "sourceWidth": self.source_width,
+            "sourceHeight": self.source_height,
         }
 
 
@@ -273,6 +277,8 @@ def process(data: bytes, mode: str, options: CropOptions, *, max_pixels: int = D
         decodes=photo.decodes,
         found=tuple(faces),
         roll_degrees=roll,
+        source_width=photo.width,
+        source_height=photo.height,
         detector=name,
         levelled=levelled,
         transform=(tuple(float(v) for v in matrix[0]), tuple(float(v) for v in matrix[1])),  # type: ignore[arg-type]

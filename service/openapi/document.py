@@ -262,8 +262,8 @@ OPERATIONS: dict[str, dict[str, Operation]] = {
         "Every image's outcome, streamed", "batch", {
             "200": {"description": "One row per entry: seq, recordId, entry, status, outputUrl, faceDetected, "
                                    "faceCount, faceBox, width, height, errorCode, errorMessage, attempts, "
-                                   "thumbnailUrl, sourceThumbnailUrl, faces, rollDegrees (CSV: faceBox and "
-                                   "faces as JSON text)",
+                                   "thumbnailUrl, sourceThumbnailUrl, faces, rollDegrees, sourceWidth, "
+                                   "sourceHeight (CSV: faceBox and faces as JSON text)",
                     "content": {"application/x-ndjson": {"schema": {"type": "string"}},
                                 "text/csv": {"schema": {"type": "string"}}}},
             **_errors(400, 404)},

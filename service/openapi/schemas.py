@@ -47,6 +47,12 @@ def obj(properties: dict[str, Schema], required: tuple[str, ...] = (), **extra: 
 
 STRING = {"type": "string"}
 # Previews the workers keep beside each output (THUMBNAIL_MAX_PX; null when off or not finished).
+# The photo's size after EXIF rotation: the pixel space of faceBox and faces.
+SOURCE_SIZE: dict[str, Any] = {
+    name: {"type": "integer", "nullable": True,
+           "description": f"the source photo's {word} after EXIF rotation, the space faceBox and faces are in "
+                          "(face crops; null otherwise)"}
+    for name, word in (("sourceWidth", "width"), ("sourceHeight", "height"))}
 THUMBNAIL_URLS: dict[str, Any] = {
     "thumbnailUrl": {"type": "string", "nullable": True,
                      "description": "a preview of the output, long side <= THUMBNAIL_MAX_PX (cut-outs keep alpha)"},
@@ -287,6 +293,7 @@ def _response_schemas() -> dict[str, Schema]:
                                                                      "photo (clockwise positive), before "
                                                                      "levelling; null for haar"}),
             "detector": {"type": "string", "enum": list(contracts.FACE_DETECTORS)},
+            **SOURCE_SIZE,
             **THUMBNAIL_URLS,
         }, ("success", "faceDetected", "faceCount", "faceBox", "width", "height"),
             description="`result` of a completed face-crop job (a re-run of a completed job returns the "
@@ -327,6 +334,7 @@ def _response_schemas() -> dict[str, Schema]:
                                "description": "every face found, largest first (face crops; null otherwise)"}),
             "rollDegrees": nullable({"type": "number", "description": "the chosen face's eye-line angle in the "
                                                                      "photo; null without landmarks"}),
+            **SOURCE_SIZE,
             **THUMBNAIL_URLS,
             "errorCode": nullable(STRING), "errorMessage": nullable(STRING), "attempts": INTEGER,
             "createdAt": nullable(TIMESTAMP), "updatedAt": nullable(TIMESTAMP), "completedAt": nullable(TIMESTAMP),

@@ -70,11 +70,14 @@ def test_a_crop_job_stores_thumbnails_faces_and_roll(db: Database, redis_conn: r
     assert row["faces_json"] == result["faces"] and len(row["faces_json"]) == 1
     assert set(row["faces_json"][0]) == {"box", "score", "landmarks"}
     assert result["rollDegrees"] is not None and row["roll_degrees"] == pytest.approx(result["rollDegrees"])
+    # The space the boxes are in: the photo's size (the console scales them onto the source's preview).
+    assert (result["sourceWidth"], result["sourceHeight"]) == portrait(800).size
+    assert (row["source_width"], row["source_height"]) == (result["sourceWidth"], result["sourceHeight"])
     # A re-run once RQ has forgotten the result returns them from the row.
     monkeypatch.setattr(job, "return_value", lambda: None)
     again = tasks.crop_face(job.kwargs["payload"])
-    assert {key: again[key] for key in ("thumbnailUrl", "sourceThumbnailUrl", "faces")} == \
-        {key: result[key] for key in ("thumbnailUrl", "sourceThumbnailUrl", "faces")}
+    kept = ("thumbnailUrl", "sourceThumbnailUrl", "faces", "sourceWidth", "sourceHeight")
+    assert {key: again[key] for key in kept} == {key: result[key] for key in kept}
     assert again["rollDegrees"] == pytest.approx(result["rollDegrees"])
     # Cleanup removes the record's thumbnails with its output.
     db._write("UPDATE data_records SET updated_at = ? WHERE record_id = ?", ("2000-01-01 00:00:00", "r1"))
@@ -154,6 +157,7 @@ def test_a_batch_chunk_stores_thumbnails_faces_and_roll(db: Database, redis_conn
     assert max(_stored(storage, big["thumbnail_url"]).size) <= 256
     assert _stored(storage, small["source_thumbnail_url"]).size == (210, 210)  # never enlarged
     assert len(big["faces_json"]) == 1 and big["faces_json"][0]["box"] == big["face_box"]
+    assert big["source_width"] and big["source_height"] and bad["source_width"] is None
     assert isinstance(big["roll_degrees"], float)
     assert (bad["status"], bad["thumbnail_url"], bad["faces_json"], bad["roll_degrees"]) == ("failed", None, None,
                                                                                            None)

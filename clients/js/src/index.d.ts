@@ -410,6 +410,9 @@ export interface JobResult {
   faces?: FoundFace[];
   rollDegrees?: number | null;
   detector?: string;
+  /** the photo's size after EXIF rotation: the pixel space of faceBox and faces */
+  sourceWidth?: number | null;
+  sourceHeight?: number | null;
   // background removal
   format?: 'png' | 'jpeg' | 'webp';
   options?: RemoveBgOptions;
@@ -510,6 +513,9 @@ export interface RecordRow {
   /** every face found, largest first (face crops) */
   faces?: FoundFace[] | null;
   rollDegrees?: number | null;
+  /** the photo's size after EXIF rotation: the pixel space of faceBox and faces */
+  sourceWidth?: number | null;
+  sourceHeight?: number | null;
   thumbnailUrl?: string | null;
   sourceThumbnailUrl?: string | null;
   errorCode?: string | null;
@@ -702,6 +708,9 @@ export interface BatchResultRow {
   /** every face found (face crops; JSON text in CSV) */
   faces: FoundFace[] | null;
   rollDegrees: number | null;
+  /** the photo's size after EXIF rotation: the pixel space of faceBox and faces */
+  sourceWidth: number | null;
+  sourceHeight: number | null;
 }
 
 export interface BatchQueueStatsBody {

@@ -95,7 +95,17 @@ async function main() {
     await page.waitFor(allLoaded('#grid'), { what: 'the grid images to load', timeoutMs: 30_000 });
     const grid = await page.evaluate(`({ items: [...document.querySelectorAll('#grid li')].map((li) => ({
         status: li.dataset.status, text: li.querySelector('.caption').textContent,
-        boxes: li.querySelectorAll('svg rect').length })),
+        boxes: li.querySelectorAll('svg rect').length,
+        // the first face box on screen lies inside its (preview) image and is smaller than it
+        boxInImage: (() => {
+          const rect = li.querySelector('svg rect');
+          const img = li.querySelector('.overlay-wrap img');
+          if (!rect || !img) return null;
+          const a = rect.getBoundingClientRect();
+          const b = img.getBoundingClientRect();
+          return a.width > 2 && a.width < b.width && a.left >= b.left - 1 && a.right <= b.right + 1
+            && a.top >= b.top - 1 && a.bottom <= b.bottom + 1;
+        })() })),
       images: ${imagesOf('#grid')},
       statusOptions: [...document.querySelectorAll('#filter-status option')].map((o) => o.value),
       codeOptions: [...document.querySelectorAll('#filter-code option')].map((o) => o.value),

@@ -373,13 +373,18 @@ function renderGrid() {
   $('filter-count').textContent = `${visible.length} of ${rows.length} shown (${current.rows.length} in the batch)`;
 }
 
-/** An image with an SVG drawn over it in the image's own pixels, once it has loaded. */
-function overlaid(img, draw) {
+/**
+ * An image with an SVG drawn over it, once it has loaded, in the image's own pixels or, for a
+ * preview, in `space` (the full photo's width and height: the preview has its shape).
+ */
+function overlaid(img, draw, space = null) {
   const layer = svg('svg', { class: 'overlay', 'aria-hidden': 'true', preserveAspectRatio: 'none' });
   img.addEventListener('load', () => {
-    layer.setAttribute('viewBox', `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
+    const width = space?.width ?? img.naturalWidth;
+    const height = space?.height ?? img.naturalHeight;
+    layer.setAttribute('viewBox', `0 0 ${width} ${height}`);
     layer.replaceChildren();
-    draw(layer, Math.max(img.naturalWidth, img.naturalHeight) / 100); // 1 % of the image, in its pixels
+    draw(layer, Math.max(width, height) / 100); // 1 % of the image, in its pixels
   });
   return el('div', { class: 'overlay-wrap' }, img, layer);
 }
@@ -404,9 +409,14 @@ function gridItem(row) {
   let source;
   if (row.sourceThumbnailUrl) {
     // The worker's preview (THUMBNAIL_MAX_PX): small, and kept after a ZIP's source is deleted. The face
-    // box is in the photo's pixels, which the preview does not give, so it is drawn on full sources only.
-    source = el('img', { src: row.sourceThumbnailUrl, alt: `Source photo of ${label} (thumbnail)`,
+    // box is in the photo's pixels (sourceWidth x sourceHeight); the preview has the photo's shape, so
+    // the overlay is drawn in those pixels and stretched over it.
+    const img = el('img', { src: row.sourceThumbnailUrl, alt: `Source photo of ${label} (thumbnail)`,
       decoding: 'async' });
+    const size = row.sourceWidth && row.sourceHeight ? { width: row.sourceWidth, height: row.sourceHeight } : null;
+    source = row.faceBox && size
+      ? overlaid(img, (layer, unit) => faceShapes(layer, unit, row.faces?.length ? row.faces : [{ box: row.faceBox }]), size)
+      : img;
   } else if (sourceUrl && /^(https?:)?\//.test(sourceUrl)) {
     const img = el('img', { src: sourceUrl, alt: `Source photo of ${label}`, decoding: 'async' });
     source = row.faceBox ? overlaid(img, (layer, unit) => faceShapes(layer, unit, [{ box: row.faceBox }])) : img;

@@ -352,7 +352,7 @@ def test_no_face_center_policy_reports_no_face() -> None:
     assert not result.face_detected and result.face_count == 0 and result.face_box is None
     assert result.to_result() == {"faceDetected": False, "faceCount": 0, "faceBox": None,
                                   "width": 300, "height": 300, "faces": [], "rollDegrees": None,
-                                  "detector": "yunet"}
+                                  "detector": "yunet", "sourceWidth": 640, "sourceHeight": 480}
     assert decode_out(result).shape == (300, 300, 3)
 
 
