@@ -131,6 +131,7 @@ def test_zip_batch_reports_every_entry(stack: Stack, key: str, astronaut_jpeg: b
         assert max(source.size) == 256 and source.size == fitted(Image.open(io.BytesIO(astronaut_jpeg)).size)
         assert len(row["faces"]) >= 1 and row["faces"][0]["box"] == row["faceBox"]
         assert isinstance(row["rollDegrees"], float)
+        assert (row["sourceWidth"], row["sourceHeight"]) == Image.open(io.BytesIO(astronaut_jpeg)).size
     assert rows["people/nobody.jpg"]["status"] == "failed" and rows["people/nobody.jpg"]["errorCode"] == "NO_FACE"
     assert rows["broken.jpg"]["status"] == "failed" and rows["broken.jpg"]["errorCode"] == "NOT_AN_IMAGE"
     assert rows["readme.txt"]["status"] == "skipped" and rows["readme.txt"]["errorCode"] == "NOT_AN_IMAGE"
@@ -147,7 +148,8 @@ def test_zip_batch_reports_every_entry(stack: Stack, key: str, astronaut_jpeg: b
                             headers={"X-API-Key": key}, timeout=10).text
     assert len(csv_text.strip().splitlines()) == 11
     header = csv_text.splitlines()[0].split(",")
-    assert header[-4:] == ["thumbnailUrl", "sourceThumbnailUrl", "faces", "rollDegrees"]
+    assert header[-6:] == ["thumbnailUrl", "sourceThumbnailUrl", "faces", "rollDegrees", "sourceWidth",
+                           "sourceHeight"]
 
 
 def test_truncated_zip_fails_the_batch_with_a_reason(stack: Stack, key: str, astronaut_jpeg: bytes) -> None:
