@@ -7,9 +7,10 @@ No HTML error page ever leaves the app, and bad input never becomes a 500.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,46 @@ def error_response(
     return response
 
 
+# A body refused as too large is read and dropped up to this much before the answer, so a client
+# still sending it can finish and read the 413 (closing with unread data makes the kernel send a
+# reset, and most clients then report a broken pipe instead of the answer). nginx calls this
+# lingering close; Gunicorn does not do it.
+LINGER_MAX_BYTES = 8 << 20
+LINGER_MAX_S = 2.0
+_LINGER_READ = 64 << 10
+
+
+def drain_refused_body() -> int:
+    """Read and drop what is left of a refused request body (bounded); returns the bytes dropped.
+
+    Nothing is read when the declared length exceeds the bound: the client would still be sending.
+    """
+    if not has_request_context():
+        return 0
+    declared = request.content_length
+    if declared is not None and declared > LINGER_MAX_BYTES:
+        return 0
+    stream = request.environ.get("wsgi.input")
+    if stream is None:
+        return 0
+    dropped = 0
+    deadline = time.monotonic() + LINGER_MAX_S
+    try:
+        while dropped < LINGER_MAX_BYTES and time.monotonic() < deadline:
+            chunk = stream.read(_LINGER_READ)
+            if not chunk:
+                break
+            dropped += len(chunk)
+    except (OSError, ValueError):  # the client went away, or the server's stream is closed
+        pass
+    return dropped
+
+
 def _handle_http_exception(exc: HTTPException) -> Response:
     status = exc.code or 500
     headers: dict[str, str] = {}
+    if status == 413:
+        drain_refused_body()
     if isinstance(exc, ApiError):
         headers.update(exc.extra_headers)
         if exc.retry_after is not None:
