@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -24,7 +24,7 @@ from core.errors import CANCELED, RECORD_SUPERSEDED, JobError, PermanentJobError
 from core.logs import with_job_context
 from core.payloads import ImageJobPayload
 from jobs.context import Context, context
-from jobs.previews import store_previews
+from jobs.previews import Previewed, StoredPreviews, store_previews
 from jobs.settle import settle_failure
 from jobs.storage import safe_key
 
@@ -92,6 +92,40 @@ def _stored_previews(record: dict[str, Any]) -> dict[str, Any]:
     return {"thumbnailUrl": record.get("thumbnail_url"), "sourceThumbnailUrl": record.get("source_thumbnail_url")}
 
 
+class _Output(Previewed, Protocol):
+    """What every image job stores: its encoded output (and, through Previewed, its thumbnails)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def extension(self) -> str: ...
+
+
+def _complete(job: Job, ctx: Context, image_job: ImageJobPayload, stem: str, output: _Output,
+              columns: dict[str, Any]) -> tuple[str, StoredPreviews]:
+    """Store ``output`` (and its previews beside it) as ``<stem>-<job id>.<ext>``, then mark the
+    record completed with the job's own ``columns``; the output's public URL and the previews."""
+    key = safe_key(image_job.vendor_id, image_job.project_id, image_job.record_id,
+                   f"{stem}-{job.id}.{output.extension}")
+    url = ctx.storage.put(key, output.data, output.content_type)
+    previews = store_previews(ctx.storage, key, output)
+    _progress(job, 90)
+    ctx.db.update_record(image_job.vendor_id, image_job.record_id, {
+        "processing_status": contracts.STATUS_COMPLETED,
+        "output_url": url,
+        **columns,
+        **previews.to_columns(),
+        "error_code": None,
+        "error_message": None,
+        "completed_at": _now(),
+    }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    return url, previews
+
+
 def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     """Fetch the photo, crop the largest face per ``mode``, store it, update the record."""
     from jobs.fetch import fetch_image
@@ -101,7 +135,7 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
     assert job is not None, "crop_face runs inside an rq worker"
     ctx = context()
     image_job = ImageJobPayload.from_dict(payload)
-    vendor_id, project_id, record_id = image_job.vendor_id, image_job.project_id, image_job.record_id
+    vendor_id, record_id = image_job.vendor_id, image_job.record_id
     stored = _begin(job, ctx, image_job)
     if stored is not None:
         # The record row has no detector: a re-run returns the first
@@ -119,14 +153,8 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
                                max_pixels=ctx.settings.max_image_pixels, detector=ctx.settings.face_detector,
                                thumbnail_px=ctx.settings.thumbnail_max_px)
     _progress(job, 70)
-    key = safe_key(vendor_id, project_id, record_id, f"face-crop-{job.id}.{result.extension}")
-    url = ctx.storage.put(key, result.data, result.content_type)
-    previews = store_previews(ctx.storage, key, result)
-    _progress(job, 90)
     details = result.to_result()
-    ctx.db.update_record(vendor_id, record_id, {
-        "processing_status": contracts.STATUS_COMPLETED,
-        "output_url": url,
+    url, previews = _complete(job, ctx, image_job, "face-crop", result, {
         "face_detected": details["faceDetected"],
         "face_count": details["faceCount"],
         "face_box": details["faceBox"],
@@ -136,11 +164,7 @@ def crop_face(payload: dict[str, Any]) -> dict[str, Any]:
         "roll_degrees": details["rollDegrees"],
         "source_width": details["sourceWidth"],
         "source_height": details["sourceHeight"],
-        **previews.to_columns(),
-        "error_code": None,
-        "error_message": None,
-        "completed_at": _now(),
-    }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    })
     log.info("job=%s vendor=%s record=%s completed: %s", job.id, vendor_id, record_id, url)
     return {"success": True, "recordId": record_id, "mode": image_job.mode, "photoUrl": url, **details,
             **previews.to_result()}
@@ -171,7 +195,7 @@ def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
     assert job is not None, "remove_background runs inside an rq worker"
     ctx = context()
     image_job = ImageJobPayload.from_dict(payload)
-    vendor_id, project_id, record_id = image_job.vendor_id, image_job.project_id, image_job.record_id
+    vendor_id, record_id = image_job.vendor_id, image_job.record_id
     stored = _begin(job, ctx, image_job, _stored_bg_result)
     if stored is not None:
         return stored
@@ -187,20 +211,8 @@ def remove_background(payload: dict[str, Any]) -> dict[str, Any]:
         thumbnail_px=ctx.settings.thumbnail_max_px)
     job.meta["rembg_instance"] = removed.instance  # operators' view (rq-dashboard), not the vendor's
     _progress(job, 80)
-    key = safe_key(vendor_id, project_id, record_id, f"remove-bg-{job.id}.{output.extension}")
-    url = ctx.storage.put(key, output.data, output.content_type)
-    previews = store_previews(ctx.storage, key, output)
-    _progress(job, 90)
-    ctx.db.update_record(vendor_id, record_id, {
-        "processing_status": contracts.STATUS_COMPLETED,
-        "output_url": url,
-        "output_width": output.width,
-        "output_height": output.height,
-        **previews.to_columns(),
-        "error_code": None,
-        "error_message": None,
-        "completed_at": _now(),
-    }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    url, previews = _complete(job, ctx, image_job, "remove-bg", output,
+                              {"output_width": output.width, "output_height": output.height})
     log.info("job=%s vendor=%s record=%s completed on %s: %s", job.id, vendor_id, record_id,
              removed.instance, url)
     return {"success": True, "recordId": record_id, "photoUrl": url, "format": output.format,
@@ -234,7 +246,7 @@ def id_photo(payload: dict[str, Any]) -> dict[str, Any]:
     assert job is not None, "id_photo runs inside an rq worker"
     ctx = context()
     image_job = ImageJobPayload.from_dict(payload)
-    vendor_id, project_id, record_id = image_job.vendor_id, image_job.project_id, image_job.record_id
+    vendor_id, record_id = image_job.vendor_id, image_job.record_id
     stored = _begin(job, ctx, image_job, _stored_id_photo_result)
     if stored is not None:
         return stored
@@ -248,25 +260,15 @@ def id_photo(payload: dict[str, Any]) -> dict[str, Any]:
                            thumbnail_px=ctx.settings.thumbnail_max_px)
     job.meta["rembg_instance"] = result.rembg_instance
     _progress(job, 80)
-    key = safe_key(vendor_id, project_id, record_id, f"id-photo-{job.id}.{result.extension}")
-    url = ctx.storage.put(key, result.data, result.content_type)
-    previews = store_previews(ctx.storage, key, result)
-    _progress(job, 90)
     details = result.to_result()
-    ctx.db.update_record(vendor_id, record_id, {
-        "processing_status": contracts.STATUS_COMPLETED,
-        "output_url": url,
+    url, previews = _complete(job, ctx, image_job, "id-photo", result, {
         "face_detected": True,
         "face_count": 1,
         "face_box": details["faceBox"],
         "output_width": result.width,
         "output_height": result.height,
         "report_json": details["report"],
-        **previews.to_columns(),
-        "error_code": None,
-        "error_message": None,
-        "completed_at": _now(),
-    }, job_id=job.id, chunk_fields=ctx.settings.db_update_chunk_fields)
+    })
     log.info("job=%s vendor=%s record=%s completed (compliant=%s): %s", job.id, vendor_id, record_id,
              details["compliant"], url)
     return {"success": True, "recordId": record_id, "photoUrl": url, "format": options.format, **details,

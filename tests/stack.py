@@ -127,6 +127,25 @@ def running_stack(env: dict[str, str], log_dir: Path) -> Iterator[Stack]:
         stack.close()
 
 
+@contextmanager
+def all_workers_stack(redis_url: str, rembg_urls: str, tmp: Path, *, batch_chunk_size: int) -> Iterator[Stack]:
+    """A stack with every worker a client drives (single crops, batch ingestion and detection in one
+    worker, background removal in another) on a flushed Redis, SQLite and local storage under ``tmp``."""
+    import redis
+
+    from core import contracts
+
+    redis.Redis.from_url(redis_url).flushall()
+    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
+                    storage_dir=tmp / "files", port=free_port(),
+                    extra={"BATCH_CHUNK_SIZE": str(batch_chunk_size), "REMBG_URLS": rembg_urls})
+    with running_stack(env, tmp / "logs") as running:
+        running.start_worker(contracts.QUEUE_FACE_CROP, contracts.QUEUE_BATCH_INGESTION,
+                             *contracts.FACE_DETECTION_QUEUES)
+        running.start_worker(contracts.QUEUE_BACKGROUND_REMOVAL)
+        yield running
+
+
 def create_vendor(env: dict[str, str], vendor_id: str) -> str:
     """Create a vendor with the real CLI; returns its API key."""
     out = subprocess.run([sys.executable, "-m", "service.cli", "vendor", "create", vendor_id],

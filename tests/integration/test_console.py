@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 from PIL import Image, ImageStat
 
-from core import contracts
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.rembg_servers import RembgServers
-from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
+from tests.stack import PhotoServer, Stack, all_workers_stack, create_vendor
 
 SCENARIO = ROOT / "clients" / "js" / "test-support" / "console-scenario.mjs"
 NODE_MAJOR = 20
@@ -67,16 +65,9 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, rembg_servers: RembgServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     rembg_servers.revive()
-    tmp = tmp_path_factory.mktemp("console-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"BATCH_CHUNK_SIZE": "2", "REMBG_URLS": rembg_servers.urls})
-    with running_stack(env, tmp / "logs") as running:
-        running.start_worker(contracts.QUEUE_FACE_CROP, contracts.QUEUE_BATCH_INGESTION,
-                             *contracts.FACE_DETECTION_QUEUES)
-        running.start_worker(contracts.QUEUE_BACKGROUND_REMOVAL)
+    with all_workers_stack(redis_url, rembg_servers.urls, tmp_path_factory.mktemp("console-stack"),
+                           batch_chunk_size=2) as running:
         yield running
 
 

@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from core import contracts
 from service import create_app
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.rembg_servers import RembgServers, photo_jpeg
-from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
+from tests.stack import PhotoServer, Stack, all_workers_stack, create_vendor
 
 JS = ROOT / "clients" / "js"
 CHECK = JS / "scripts" / "check-openapi.mjs"
@@ -165,16 +163,9 @@ def test_the_unit_tests_pass_on_node(node: str) -> None:
 # --- live: the real stack ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def stack(redis_url: str, rembg_servers: RembgServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     rembg_servers.revive()
-    tmp = tmp_path_factory.mktemp("js-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"BATCH_CHUNK_SIZE": "4", "REMBG_URLS": rembg_servers.urls})
-    with running_stack(env, tmp / "logs") as running:
-        running.start_worker(contracts.QUEUE_FACE_CROP, contracts.QUEUE_BATCH_INGESTION,
-                             *contracts.FACE_DETECTION_QUEUES)
-        running.start_worker(contracts.QUEUE_BACKGROUND_REMOVAL)
+    with all_workers_stack(redis_url, rembg_servers.urls, tmp_path_factory.mktemp("js-stack"),
+                           batch_chunk_size=4) as running:
         yield running
 
 
