@@ -111,8 +111,10 @@ def _complete(job: Job, ctx: Context, image_job: ImageJobPayload, stem: str, out
     record completed with the job's own ``columns``; the output's public URL and the previews."""
     key = safe_key(image_job.vendor_id, image_job.project_id, image_job.record_id,
                    f"{stem}-{job.id}.{output.extension}")
-    url = ctx.storage.put(key, output.data, output.content_type)
+    # Previews first: one that fails retries the job before the output is stored, so an output
+    # is uploaded once per successful attempt (a re-upload only where its answer was lost).
     previews = store_previews(ctx.storage, key, output)
+    url = ctx.storage.put(key, output.data, output.content_type)
     _progress(job, 90)
     ctx.db.update_record(image_job.vendor_id, image_job.record_id, {
         "processing_status": contracts.STATUS_COMPLETED,

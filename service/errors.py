@@ -116,10 +116,11 @@ def error_response(
     return response
 
 
-# A body refused as too large is read and dropped up to this much before the answer, so a client
-# still sending it can finish and read the 413 (closing with unread data makes the kernel send a
-# reset, and most clients then report a broken pipe instead of the answer). nginx calls this
-# lingering close; Gunicorn does not do it.
+# A refused request's unread body (too large, or refused before it was read: bad key, rate
+# limit, wrong content type) is read and dropped up to this much before the answer goes, so a
+# client still sending it can finish and read the 4xx (closing with unread data makes the kernel
+# send a reset, and most clients then report a broken pipe instead of the answer). nginx calls
+# this lingering close; Gunicorn does not do it.
 LINGER_MAX_BYTES = 8 << 20
 LINGER_MAX_S = 2.0
 _LINGER_READ = 64 << 10
@@ -154,8 +155,6 @@ def drain_refused_body() -> int:
 def _handle_http_exception(exc: HTTPException) -> Response:
     status = exc.code or 500
     headers: dict[str, str] = {}
-    if status == 413:
-        drain_refused_body()
     if isinstance(exc, ApiError):
         headers.update(exc.extra_headers)
         if exc.retry_after is not None:
@@ -182,7 +181,15 @@ def _handle_unexpected(exc: Exception) -> Response:
     return error_response(500, "INTERNAL_ERROR", "Internal server error; it has been logged.")
 
 
+def _drain_after_refusal(response: Response) -> Response:
+    if response.status_code >= 400:
+        drain_refused_body()
+    return response
+
+
 def init_app(app: Flask) -> None:
-    """Register the JSON handlers for every HTTP error and for unexpected exceptions."""
+    """Register the JSON handlers for every HTTP error and for unexpected exceptions, and the
+    bounded drain of a refused request's unread body."""
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(Exception, _handle_unexpected)
+    app.after_request(_drain_after_refusal)

@@ -61,3 +61,7 @@ def test_an_oversized_body_gets_its_answer(stack: Stack) -> None:
     assert [status for status, _ in declared] == [413] * TRIES, \
         [(status, body[:80]) for status, body in declared if status != 413]
     assert json.loads(declared[0][1])["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    # Refused before the body is read at all: a wrong key answers 401 to a client still sending.
+    wrong_key = [post(stack, "iq_wrong", b" " * size, {"Content-Length": str(size)}) for _ in range(TRIES)]
+    assert [status for status, _ in wrong_key] == [401] * TRIES, \
+        [(status, body[:80]) for status, body in wrong_key if status != 401]
