@@ -192,7 +192,8 @@ def get_detector(name: str, profile: str = "general") -> Detector:
 
 
 def preload(default: str) -> None:
-    """Build the ``default`` detector and Haar's now (the worker parent calls this before RQ forks).
+    """Build the ``default`` detector and Haar's now (the worker parent calls this before RQ forks),
+    with YuNet's common first-pass networks warmed (``YuNetDetector.warm``).
 
     Raises ``ValueError`` for an unknown name and ``ModelFileError`` when YuNet's model file is
     missing or altered, so a misconfigured worker stops at start instead of failing every job.
@@ -201,8 +202,11 @@ def preload(default: str) -> None:
     """
     get_detector(default)
     get_detector("haar")
-    if default != "yunet":
-        try:
-            get_detector("yunet")
-        except ModelFileError:
-            pass  # requests naming yunet fail with the same message; the default still works
+    from jobs.imaging.detectors.yunet import YuNetDetector
+
+    try:
+        yunet = get_detector("yunet")
+    except ModelFileError:
+        return  # (Haar is the default) requests naming yunet fail with the same message
+    if isinstance(yunet, YuNetDetector):
+        yunet.warm()  # its common first-pass networks, built once here rather than in every work-horse

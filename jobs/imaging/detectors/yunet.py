@@ -61,6 +61,15 @@ SMALL_FACE_PX = 36
 # the 45 negatives (a motorcycle scored 0.84 turned).
 TOP_K = 5000  # candidates kept before NMS (OpenCV's default)
 NET_STEP = 32  # the network's stride: input sizes are padded to multiples of it
+# First-pass input sizes built (and run once) in the worker's parent before RQ forks, so a
+# work-horse inherits them instead of paying for its own: creating a network and its first
+# detect cost ~4.6 ms (one thread), once per size per horse, i.e. per single job and per batch
+# chunk (single jobs end to end: 9.0 -> 10.6 and 10.3 -> 11.6 images/s per core, paired runs of
+# bench_crop.py --repeat 10). These are the padded sizes of the common photo shapes at
+# COARSE_SIDE: 1:1, 4:5 and 3:4 (256), 2:3 (224) and 9:16 (192), both ways up: 7 networks,
+# +36 MB of RSS in the parent. Fine-pass networks (640 px, ~12 MB each) stay lazy: they serve
+# only the photos the first pass misses.
+WARM_SHORT_SIDES = (320, 256, 224, 192)
 
 
 def _bgr(pixels: np.ndarray) -> np.ndarray:
@@ -137,6 +146,14 @@ class YuNetDetector:
                                             TOP_K)
             self._nets[size] = net
         return net
+
+    def warm(self) -> None:
+        """Build and run once the first-pass networks of the common photo shapes (``WARM_SHORT_SIDES``)."""
+        long_side = -(-self.sides[0] // NET_STEP) * NET_STEP
+        for short in WARM_SHORT_SIDES:
+            for size in {(long_side, short), (short, long_side)}:
+                with self._lock:
+                    self._net(size).detect(np.zeros((size[1], size[0], 3), np.uint8))
 
     def detect(self, pixels: np.ndarray) -> list[Face]:
         """Faces in ``pixels``, coarse to fine, largest first."""

@@ -162,6 +162,25 @@ def test_a_portrait_stops_after_the_first_pass(monkeypatch: pytest.MonkeyPatch) 
     assert searched == [(320, 128), (640, 256)]
 
 
+@pytest.mark.parametrize("shape", [(1600, 1200), (1200, 1600), (1500, 1000), (1000, 1500), (1920, 1080),
+                                   (1080, 1920), (1200, 1200), (1080, 1350), (1350, 1080)])
+def test_common_photo_shapes_find_their_first_pass_network_warm(shape: tuple[int, int]) -> None:
+    """The worker parent warms these before RQ forks, so a work-horse builds no network for them."""
+    yunet = YuNetDetector()
+    yunet.warm()
+    warmed = set(yunet._nets)
+    width, height = shape
+    pixels = np.full((height, width, 3), 128, np.uint8)
+    yunet.detect_pass(pixels, yunet.passes(width, height)[0])
+    assert set(yunet._nets) == warmed
+
+
+def test_worker_preload_warms_the_shared_detector() -> None:
+    detectors.preload("haar")
+    assert {(320, 256), (256, 320), (320, 224), (224, 320), (320, 192), (192, 320),
+            (320, 320)} <= set(detectors.get_detector("yunet")._nets)  # type: ignore[attr-defined]
+
+
 def test_unknown_detector_names_the_choices() -> None:
     with pytest.raises(ValueError, match="expected one of yunet, haar"):
         detectors.get_detector("cnn")
