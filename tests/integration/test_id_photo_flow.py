@@ -115,6 +115,13 @@ def test_id_photo_is_framed_levelled_and_reported(stack: Stack, key: str, photos
                        timeout=5).json()["record"]
     assert row["status"] == "completed" and row["jobKind"] == "id_photo" and row["outputUrl"] == result["photoUrl"]
     assert row["report"] == report and (row["width"], row["height"]) == size
+    # Previews for the console: the ID photo's and the source's, stored beside the output.
+    assert (row["thumbnailUrl"], row["sourceThumbnailUrl"]) == (result["thumbnailUrl"], result["sourceThumbnailUrl"])
+    thumb = Image.open(io.BytesIO(requests.get(result["thumbnailUrl"], timeout=5).content))
+    assert thumb.format == "JPEG" and thumb.size == (round(256 * size[0] / size[1]), 256)
+    source = Image.open(io.BytesIO(requests.get(result["sourceThumbnailUrl"], timeout=5).content))
+    assert source.format == "JPEG" and max(source.size) == 256
+    assert result["thumbnailUrl"] == result["photoUrl"].rsplit(".", 1)[0] + "-thumb.jpg"
 
 
 def test_grey_background_png_and_dpi(stack: Stack, key: str, photos: PhotoServer) -> None:
