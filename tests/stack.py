@@ -128,18 +128,24 @@ def running_stack(env: dict[str, str], log_dir: Path) -> Iterator[Stack]:
 
 
 @contextmanager
-def all_workers_stack(redis_url: str, rembg_urls: str, tmp: Path, *, batch_chunk_size: int) -> Iterator[Stack]:
-    """A stack with every worker a client drives (single crops, batch ingestion and detection in one
-    worker, background removal in another) on a flushed Redis, SQLite and local storage under ``tmp``."""
+def sqlite_stack(redis_url: str, tmp: Path, extra: dict[str, str] | None = None) -> Iterator[Stack]:
+    """The API on a flushed Redis, SQLite and local storage under ``tmp``; the caller starts workers."""
     import redis
-
-    from core import contracts
 
     redis.Redis.from_url(redis_url).flushall()
     env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"BATCH_CHUNK_SIZE": str(batch_chunk_size), "REMBG_URLS": rembg_urls})
+                    storage_dir=tmp / "files", port=free_port(), extra=extra)
     with running_stack(env, tmp / "logs") as running:
+        yield running
+
+
+@contextmanager
+def all_workers_stack(redis_url: str, rembg_urls: str, tmp: Path, *, batch_chunk_size: int) -> Iterator[Stack]:
+    """A stack with every worker a client drives (single crops, batch ingestion and detection in one
+    worker, background removal in another) on a flushed Redis, SQLite and local storage under ``tmp``."""
+    from core import contracts
+
+    with sqlite_stack(redis_url, tmp, {"BATCH_CHUNK_SIZE": str(batch_chunk_size), "REMBG_URLS": rembg_urls}) as running:
         running.start_worker(contracts.QUEUE_FACE_CROP, contracts.QUEUE_BATCH_INGESTION,
                              *contracts.FACE_DETECTION_QUEUES)
         running.start_worker(contracts.QUEUE_BACKGROUND_REMOVAL)

@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 
 from tests.conftest import free_port
-from tests.stack import VENV_BIN, Stack, create_vendor, running_stack, stack_env
+from tests.stack import VENV_BIN, Stack, create_vendor, sqlite_stack
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +35,11 @@ ADMIN = ("ops", "fuzz-admin-pass")
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     tmp = tmp_path_factory.mktemp("fuzz-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"RATE_LIMIT_ENABLED": "false", "ADMIN_USERNAME": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1],
-                           # nothing listens there: the health route's rembg probe fails at once
-                           "REMBG_URLS": f"http://127.0.0.1:{free_port()}"})
-    with running_stack(env, tmp / "logs") as running:
+    extra = {"RATE_LIMIT_ENABLED": "false", "ADMIN_USERNAME": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1],
+             # nothing listens there: the health route's rembg probe fails at once
+             "REMBG_URLS": f"http://127.0.0.1:{free_port()}"}
+    with sqlite_stack(redis_url, tmp, extra) as running:
         yield running
 
 

@@ -19,10 +19,9 @@ import requests
 from PIL import Image
 
 from core import contracts, rqjson
-from tests.conftest import free_port
 from tests.integration.test_batch_flow import make_zip, upload
 from tests.rembg_servers import RembgServers, photo_jpeg
-from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
+from tests.stack import PhotoServer, Stack, create_vendor, sqlite_stack
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +30,11 @@ FINAL = ("completed", "completed_with_errors", "failed", "canceled")
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, rembg_servers: RembgServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     rembg_servers.revive()
     tmp = tmp_path_factory.mktemp("batch-control-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"BATCH_CHUNK_SIZE": "3", "BATCH_VENDOR_CONCURRENCY": "2", "STORAGE_BACKEND": "local",
-                           "REMBG_URLS": rembg_servers.urls, "RATE_LIMIT_ENABLED": "false"})
-    with running_stack(env, tmp / "logs") as running:
+    extra = {"BATCH_CHUNK_SIZE": "3", "BATCH_VENDOR_CONCURRENCY": "2", "STORAGE_BACKEND": "local",
+             "REMBG_URLS": rembg_servers.urls, "RATE_LIMIT_ENABLED": "false"}
+    with sqlite_stack(redis_url, tmp, extra) as running:
         running.start_worker(contracts.QUEUE_BATCH_INGESTION)
         running.start_worker(*contracts.FACE_DETECTION_QUEUES)
         yield running

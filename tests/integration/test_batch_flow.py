@@ -18,8 +18,7 @@ from PIL import Image
 
 from core import contracts, rqjson
 from core.batch_plan import chunk_job_id
-from tests.conftest import free_port
-from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
+from tests.stack import PhotoServer, Stack, create_vendor, sqlite_stack
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +27,8 @@ FINAL = ("completed", "completed_with_errors", "failed")
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     tmp = tmp_path_factory.mktemp("batch-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"BATCH_CHUNK_SIZE": "3", "BATCH_VENDOR_CONCURRENCY": "2"})
-    with running_stack(env, tmp / "logs") as running:
+    with sqlite_stack(redis_url, tmp, {"BATCH_CHUNK_SIZE": "3", "BATCH_VENDOR_CONCURRENCY": "2"}) as running:
         running.start_worker(contracts.QUEUE_BATCH_INGESTION)
         running.start_worker(*contracts.FACE_DETECTION_QUEUES)
         yield running

@@ -27,18 +27,15 @@ from core import contracts, rqjson
 from imagequeue_client import AuthenticationError, BadRequest, Client, NotFound
 from service import idempotency
 from tests.conftest import ROOT, free_port
-from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env
+from tests.stack import PhotoServer, Stack, create_vendor, sqlite_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     tmp = tmp_path_factory.mktemp("client-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(), extra={"BATCH_CHUNK_SIZE": "4"})
-    with running_stack(env, tmp / "logs") as running:
+    with sqlite_stack(redis_url, tmp, {"BATCH_CHUNK_SIZE": "4"}) as running:
         running.start_worker(contracts.QUEUE_FACE_CROP, contracts.QUEUE_BATCH_INGESTION,
                              *contracts.FACE_DETECTION_QUEUES)
         yield running

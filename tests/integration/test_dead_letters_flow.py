@@ -15,9 +15,9 @@ from rq.registry import FailedJobRegistry
 
 from core import contracts
 from core.batch_plan import chunk_job_id
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.integration.test_batch_flow import results, wait_batch
-from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env, wait_for_job
+from tests.stack import PhotoServer, Stack, create_vendor, sqlite_stack, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +26,9 @@ ADMIN = ("ops", "dead-letter-admin-pass")
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     tmp = tmp_path_factory.mktemp("dead-letter-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"ADMIN_USERNAME": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1], "JOB_RETRIES": "1",
-                           "RATE_LIMIT_ENABLED": "false"})
-    with running_stack(env, tmp / "logs") as running:
+    with sqlite_stack(redis_url, tmp, {"ADMIN_USERNAME": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1], "JOB_RETRIES": "1",
+                                       "RATE_LIMIT_ENABLED": "false"}) as running:
         running.start_worker(contracts.QUEUE_FACE_CROP, *contracts.FACE_DETECTION_QUEUES)
         yield running
 

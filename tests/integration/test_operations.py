@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core import contracts, rqjson
 from tests.conftest import free_port
-from tests.stack import PhotoServer, Stack, create_vendor, running_stack, stack_env, wait_for_job
+from tests.stack import PhotoServer, Stack, create_vendor, sqlite_stack, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -78,14 +78,11 @@ DEAD_REMBG = f"http://127.0.0.1:{free_port()}"
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, rembg_up: RembgStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     tmp = tmp_path_factory.mktemp("ops-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "ADMIN_USERNAME": ADMIN_USER,
-                           "ADMIN_PASSWORD": ADMIN_PASSWORD, "METRICS_TOKEN": METRICS_TOKEN,
-                           "REMBG_URLS": f"{rembg_up.url},{DEAD_REMBG}", "REMBG_PROBE_TIMEOUT_S": "0.5"})
-    with running_stack(env, tmp / "logs") as running:
+    extra = {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "ADMIN_USERNAME": ADMIN_USER,
+             "ADMIN_PASSWORD": ADMIN_PASSWORD, "METRICS_TOKEN": METRICS_TOKEN,
+             "REMBG_URLS": f"{rembg_up.url},{DEAD_REMBG}", "REMBG_PROBE_TIMEOUT_S": "0.5"}
+    with sqlite_stack(redis_url, tmp, extra) as running:
         running.start_worker(*SERVED_QUEUES, name=WORKER_NAME)
         yield running
 

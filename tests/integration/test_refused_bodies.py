@@ -12,10 +12,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-import redis
 
-from tests.conftest import free_port
-from tests.stack import Stack, create_vendor, running_stack, stack_env
+from tests.stack import Stack, create_vendor, sqlite_stack
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +22,8 @@ TRIES = 20
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     tmp = tmp_path_factory.mktemp("refused-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(), extra={"RATE_LIMIT_ENABLED": "false"})
-    with running_stack(env, tmp / "logs") as running:
+    with sqlite_stack(redis_url, tmp, {"RATE_LIMIT_ENABLED": "false"}) as running:
         yield running
 
 

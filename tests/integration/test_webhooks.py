@@ -18,12 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import redis
 import requests
 
 from core import contracts
 from tests.conftest import ROOT, free_port
-from tests.stack import PhotoServer, Stack, running_stack, stack_env, wait_for_job
+from tests.stack import PhotoServer, Stack, sqlite_stack, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -88,13 +87,10 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    redis.Redis.from_url(redis_url).flushall()
     tmp = tmp_path_factory.mktemp("webhook-stack")
-    env = stack_env(redis_url=redis_url, database_url=f"sqlite:///{tmp / 'db.sqlite3'}",
-                    storage_dir=tmp / "files", port=free_port(),
-                    extra={"WEBHOOK_RETRIES": "2", "WEBHOOK_RETRY_INTERVALS_S": "1,1", "WEBHOOK_TIMEOUT_S": "3",
-                           "BATCH_CHUNK_SIZE": "3"})
-    with running_stack(env, tmp / "logs") as running:
+    extra = {"WEBHOOK_RETRIES": "2", "WEBHOOK_RETRY_INTERVALS_S": "1,1", "WEBHOOK_TIMEOUT_S": "3",
+             "BATCH_CHUNK_SIZE": "3"}
+    with sqlite_stack(redis_url, tmp, extra) as running:
         running.start_worker(contracts.QUEUE_FACE_CROP, contracts.QUEUE_BATCH_INGESTION,
                              *contracts.FACE_DETECTION_QUEUES)
         running.start_worker(contracts.QUEUE_WEBHOOKS)
