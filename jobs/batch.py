@@ -46,7 +46,7 @@ from core.errors import (
 )
 from core.logs import with_job_context
 from jobs.context import Context, context
-from jobs.previews import store_previews
+from jobs.previews import store_with_previews
 from jobs.settle import settle_failure
 from jobs.storage import safe_key
 
@@ -268,9 +268,7 @@ def process_chunk(batch_id: str, first_seq: int, last_seq: int) -> dict[str, Any
             result = _crop(face_crop, data, batch["mode"], options, ctx.settings.max_image_pixels,
                            ctx.settings.face_detector, ctx.settings.thumbnail_max_px)
             key = safe_key(batch["vendor_id"], "batches", batch_id, f"{item['seq']:07d}.{result.extension}")
-            # Previews first (jobs/tasks.py _complete says why).
-            previews = store_previews(ctx.storage, key, result)
-            url = ctx.storage.put(key, result.data, result.content_type)
+            url, previews = store_with_previews(ctx.storage, key, result)
             keys[item["seq"]] = (key, *previews.keys)
             details = result.to_result()
             outcomes.append({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
@@ -338,9 +336,7 @@ class _BackgroundRemover:
             png_level=self.ctx.settings.bg_png_compress_level, thumbnail_px=self.ctx.settings.thumbnail_max_px)
         key = safe_key(self.batch["vendor_id"], "batches", self.batch["batch_id"],
                        f"{item['seq']:07d}.{output.extension}")
-        # Previews first (jobs/tasks.py _complete says why).
-        previews = store_previews(self.ctx.storage, key, output)
-        url = self.ctx.storage.put(key, output.data, output.content_type)
+        url, previews = store_with_previews(self.ctx.storage, key, output)
         return ({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                  "status": ITEM_COMPLETED, "output_url": url, "output_width": output.width,
                  "output_height": output.height, **previews.to_columns()}, (key, *previews.keys))
@@ -370,9 +366,7 @@ class _IdPhotoMaker:
                                   thumbnail_px=self.ctx.settings.thumbnail_max_px)
         key = safe_key(self.batch["vendor_id"], "batches", self.batch["batch_id"],
                        f"{item['seq']:07d}.{result.extension}")
-        # Previews first (jobs/tasks.py _complete says why).
-        previews = store_previews(self.ctx.storage, key, result)
-        url = self.ctx.storage.put(key, result.data, result.content_type)
+        url, previews = store_with_previews(self.ctx.storage, key, result)
         return ({"seq": item["seq"], "record_id": item["record_id"], "source": item["source"],
                  "status": ITEM_COMPLETED, "output_url": url, "face_detected": True, "face_count": 1,
                  "face_box": result.face_box, "output_width": result.width, "output_height": result.height,

@@ -1,4 +1,4 @@
-"""Storing a job's thumbnails beside its output, through the same storage backend.
+"""Storing a job's output and its thumbnails beside it, through the same storage backend.
 
 Keys follow the output's (``.../face-crop-<job>.jpg`` -> ``.../face-crop-<job>-thumb.jpg`` and
 ``...-source-thumb.jpg``), so a retry overwrites them like the output, and whoever removes an
@@ -25,6 +25,19 @@ class Previewed(Protocol):
     def source_thumbnail(self) -> Thumbnail | None:
         """The source's preview."""
         ...
+
+
+class Output(Previewed, Protocol):
+    """What every image job stores: its encoded output (and, through Previewed, its thumbnails)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def extension(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -56,3 +69,13 @@ def store_previews(storage: Storage, output_key: str, result: Previewed) -> Stor
         keys.append(thumbnail_key(output_key, source, SOURCE_SUFFIX))
         source_url = storage.put(keys[-1], source.data, source.content_type)
     return StoredPreviews(url, source_url, tuple(keys))
+
+
+def store_with_previews(storage: Storage, key: str, output: Output) -> tuple[str, StoredPreviews]:
+    """Store ``output``'s previews, then ``output`` under ``key``; its public URL and the previews.
+
+    Previews first: one that fails retries the job before the output is stored, so an output is
+    uploaded once per successful attempt (a re-upload only where its answer was lost).
+    """
+    previews = store_previews(storage, key, output)
+    return storage.put(key, output.data, output.content_type), previews

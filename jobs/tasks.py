@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -24,7 +24,7 @@ from core.errors import CANCELED, RECORD_SUPERSEDED, JobError, PermanentJobError
 from core.logs import with_job_context
 from core.payloads import ImageJobPayload
 from jobs.context import Context, context
-from jobs.previews import Previewed, StoredPreviews, store_previews
+from jobs.previews import Output, StoredPreviews, store_with_previews
 from jobs.settle import settle_failure
 from jobs.storage import safe_key
 
@@ -92,29 +92,13 @@ def _stored_previews(record: dict[str, Any]) -> dict[str, Any]:
     return {"thumbnailUrl": record.get("thumbnail_url"), "sourceThumbnailUrl": record.get("source_thumbnail_url")}
 
 
-class _Output(Previewed, Protocol):
-    """What every image job stores: its encoded output (and, through Previewed, its thumbnails)."""
-
-    @property
-    def data(self) -> bytes: ...
-
-    @property
-    def content_type(self) -> str: ...
-
-    @property
-    def extension(self) -> str: ...
-
-
-def _complete(job: Job, ctx: Context, image_job: ImageJobPayload, stem: str, output: _Output,
+def _complete(job: Job, ctx: Context, image_job: ImageJobPayload, stem: str, output: Output,
               columns: dict[str, Any]) -> tuple[str, StoredPreviews]:
     """Store ``output`` (and its previews beside it) as ``<stem>-<job id>.<ext>``, then mark the
     record completed with the job's own ``columns``; the output's public URL and the previews."""
     key = safe_key(image_job.vendor_id, image_job.project_id, image_job.record_id,
                    f"{stem}-{job.id}.{output.extension}")
-    # Previews first: one that fails retries the job before the output is stored, so an output
-    # is uploaded once per successful attempt (a re-upload only where its answer was lost).
-    previews = store_previews(ctx.storage, key, output)
-    url = ctx.storage.put(key, output.data, output.content_type)
+    url, previews = store_with_previews(ctx.storage, key, output)
     _progress(job, 90)
     ctx.db.update_record(image_job.vendor_id, image_job.record_id, {
         "processing_status": contracts.STATUS_COMPLETED,
